@@ -1,0 +1,1 @@
+"""ECG data: reading WFDB records, labels, the Zarr v3 store, ingest, demo data and the training loader."""
