@@ -1,0 +1,345 @@
+"""Training windows from one or several stores: a resumable, rank-split block sampler and its loader.
+
+Shapes: ``B`` batch, ``L`` leads (12), ``W`` window length in samples, ``N`` windows of a unit.
+
+Why blocks (data-notes.md section 3.4): a Zarr read has ~1 ms of fixed cost, 100x a memmap read of a
+12 x 2500 window. So windows are never read one by one. Each store's eligible records are grouped into
+*blocks* (consecutive records starting in one chunk-aligned span of ``block_len`` samples); a *unit*
+is a few randomly chosen blocks. A unit is read as one contiguous span per block (whole chunks,
+decompressed by Zarr's codec threads) and its windows are cut from that buffer in NumPy, shuffled
+within the unit. Units are the unit of work of DataLoader workers, so a block is decoded once.
+
+The plan of an epoch is a pure function of ``(seed, epoch, rank, world_size)`` and the stores:
+
+1. blocks of every store are shuffled and grouped into units; units are dealt to ranks round-robin
+   (a store with fewer units than ranks is shared by all ranks);
+2. each rank draws exactly ``steps_per_epoch * batch_size`` windows: per store in proportion to the
+   mixing weights, spread over the rank's units of that store in proportion to their usable samples,
+   records chosen in proportion to their usable length, start positions uniform (so every sample of
+   the data is equally likely to be seen, whatever the record lengths);
+3. the rank's units are put in a random order and their windows concatenated into one stream, cut
+   into batches.
+
+Hence every rank runs the same number of steps (as FSDP's collectives require), and the state of the
+sampler is just ``(epoch, batches consumed)``: :meth:`WindowSampler.state_dict` /
+:meth:`WindowSampler.load_state_dict` restore the exact stream an uninterrupted run would have seen,
+independently of the number of DataLoader workers and of fork/spawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ecg_core.data.store import EcgStore, open_store
+
+NORMALIZATIONS = ("none", "per_lead")
+
+
+@dataclass
+class StoreSource:
+    """One store of the training mixture."""
+
+    path: str = "???"
+    weight: float = 1.0               # relative share of the windows drawn from this store
+    folds: list[int] = field(default_factory=list)   # only records of these folds (empty: all records)
+
+
+@dataclass
+class DataConfig:
+    """What a training job reads. Window length and block sizes are in samples at the stores' rate."""
+
+    stores: list[StoreSource] = field(default_factory=list)
+    window: int = 2500
+    batch_size: int = 64
+    normalize: str = "none"           # "none" or "per_lead" (zero mean, unit std per lead and window)
+    windows_per_epoch: int = 0        # 0: every usable sample once on average (sum of usable / window)
+    block_len: int = 262144           # samples per block (a multiple of the store's chunk length is best)
+    blocks_per_unit: int = 8          # blocks mixed in one unit (the shuffle buffer)
+    num_workers: int = 0
+    start_method: str = "fork"        # DataLoader worker start method: fork, spawn or forkserver
+    prefetch_factor: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Unit:
+    """The windows one worker produces in one go: ``blocks`` spans and, per window, where it comes from."""
+
+    store: int
+    spans: tuple[tuple[int, int], ...]   # (start, stop) of each block in the store's signal
+    block_of: np.ndarray                 # (N,) index into spans of each window, in output order
+    record: np.ndarray                   # (N,) record index within the store
+    start: np.ndarray                    # (N,) first sample of the window within its record
+
+
+@dataclass(frozen=True)
+class _Block:
+    span: tuple[int, int]
+    records: np.ndarray                  # record indices
+    usable: np.ndarray                   # number of valid window starts per record
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+def _largest_remainder(total: int, weights: np.ndarray) -> np.ndarray:
+    """Integer split of ``total`` proportional to ``weights`` (Hamilton's method; deterministic)."""
+    exact = total * weights / weights.sum()
+    out = np.floor(exact).astype(np.int64)
+    out[np.argsort(-(exact - out), kind="stable")[: total - out.sum()]] += 1
+    return out
+
+
+class WindowSampler:
+    """Plans which windows each rank reads, epoch after epoch; resumable with state_dict/load_state_dict."""
+
+    def __init__(self, stores: list[EcgStore], cfg: DataConfig, *, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of size {world_size}")
+        if len(stores) != len(cfg.stores):
+            raise ValueError("one StoreSource per store is required")
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.weights = np.array([s.weight for s in cfg.stores], dtype=np.float64)
+        if np.any(self.weights < 0) or self.weights.sum() <= 0:
+            raise ValueError(f"store weights must be >= 0 with a positive sum, got {self.weights.tolist()}")
+        self._blocks = [self._make_blocks(st, src) for st, src in zip(stores, cfg.stores)]
+        usable = sum(int(b.usable.sum()) for blocks in self._blocks for b in blocks)
+        total = cfg.windows_per_epoch or max(1, usable // cfg.window)
+        self.steps_per_epoch = total // (cfg.batch_size * world_size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"an epoch of {total} windows gives no full batch of {cfg.batch_size} "
+                             f"on each of {world_size} ranks; lower batch_size or raise windows_per_epoch")
+        self.fingerprint = hashlib.sha256(json.dumps({
+            "signals": [st.attrs["signal_sha256"] for st in stores], "data": asdict(cfg) | {
+                "num_workers": None, "start_method": None, "prefetch_factor": None},
+        }, sort_keys=True).encode()).hexdigest()[:16]
+        self.epoch = 0
+        self.batch_in_epoch = 0
+
+    def _make_blocks(self, store: EcgStore, src: StoreSource) -> list[_Block]:
+        rec = store.records
+        length = rec["length"].to_numpy(np.int64)
+        ok = length >= self.cfg.window
+        if src.folds:
+            ok &= rec["fold"].isin(src.folds).to_numpy()
+        idx = np.flatnonzero(ok)
+        if idx.size == 0:
+            raise ValueError(f"{store.path}: no record of length >= {self.cfg.window} samples"
+                             + (f" in folds {src.folds}" if src.folds else ""))
+        offsets = store.offsets
+        block_id = offsets[idx] // self.cfg.block_len
+        blocks = []
+        for b in np.unique(block_id):
+            r = idx[block_id == b]
+            blocks.append(_Block((int(offsets[r[0]]), int(offsets[r[-1] + 1])), r,
+                                 length[r] - self.cfg.window + 1))
+        return blocks
+
+    # -- the plan --------------------------------------------------------------------------------
+    def windows_per_rank(self) -> int:
+        return self.steps_per_epoch * self.cfg.batch_size
+
+    def plan(self, epoch: int) -> list[Unit]:
+        """This rank's units for ``epoch``, in order; their windows total exactly windows_per_rank()."""
+        cfg, seed = self.cfg, self.cfg.seed
+        per_store = _largest_remainder(self.windows_per_rank(), self.weights)
+        units: list[Unit] = []
+        for s, blocks in enumerate(self._blocks):
+            if per_store[s] == 0:
+                continue
+            rng = _rng(seed, epoch, s, 1)
+            order = rng.permutation(len(blocks))
+            groups = [order[i:i + cfg.blocks_per_unit] for i in range(0, len(order), cfg.blocks_per_unit)]
+            mine = groups[self.rank::self.world_size] or [groups[self.rank % len(groups)]]
+            rng = _rng(seed, epoch, s, 2, self.rank)
+            usable = np.array([sum(int(blocks[b].usable.sum()) for b in g) for g in mine], dtype=np.float64)
+            counts = rng.multinomial(per_store[s], usable / usable.sum())
+            for g, n in zip(mine, counts):
+                if n:
+                    units.append(self._unit(s, [blocks[b] for b in sorted(g)], int(n), rng))
+        order = _rng(seed, epoch, 3, self.rank).permutation(len(units))
+        return [units[i] for i in order]
+
+    @staticmethod
+    def _unit(store: int, blocks: list[_Block], n: int, rng: np.random.Generator) -> Unit:
+        usable = np.concatenate([b.usable for b in blocks]).astype(np.float64)
+        records = np.concatenate([b.records for b in blocks])
+        block_of_rec = np.concatenate([np.full(len(b.records), i) for i, b in enumerate(blocks)])
+        pick = rng.choice(len(records), size=n, p=usable / usable.sum())
+        start = (rng.random(n) * usable[pick]).astype(np.int64)   # uniform in [0, usable)
+        perm = rng.permutation(n)
+        pick, start = pick[perm], start[perm]
+        return Unit(store, tuple(b.span for b in blocks), block_of_rec[pick], records[pick], start)
+
+    # -- position and resume --------------------------------------------------------------------
+    def advance(self, n_batches: int = 1) -> None:
+        self.batch_in_epoch += n_batches
+        while self.batch_in_epoch >= self.steps_per_epoch:
+            self.batch_in_epoch -= self.steps_per_epoch
+            self.epoch += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": 1, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "rank": self.rank, "world_size": self.world_size, "batch_size": self.cfg.batch_size,
+                "fingerprint": self.fingerprint}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != 1:
+            raise ValueError(f"unknown sampler state version {state.get('version')}")
+        if state["fingerprint"] != self.fingerprint:
+            raise ValueError("sampler state was saved for other data or data settings (stores, window, "
+                             "folds, weights, seed or batch size changed): the run cannot continue exactly")
+        self.epoch = int(state["epoch"])
+        if state["world_size"] == self.world_size:
+            self.batch_in_epoch = int(state["batch_in_epoch"])
+            return
+        # A different world size has a different plan: continue at the same share of the epoch.
+        done = int(state["batch_in_epoch"]) * int(state["world_size"])
+        self.batch_in_epoch = min(self.steps_per_epoch - 1, done // self.world_size)
+        warnings.warn(f"sampler resumed at world size {self.world_size} from {state['world_size']}: the window "
+                      "sequence continues at the same point of the epoch but is not the one the old run "
+                      "would have seen", RuntimeWarning, stacklevel=2)
+
+
+class UnitDataset(IterableDataset):
+    """Yields the windows of the units of one epoch from a start position, split over DataLoader workers.
+
+    Worker ``w`` of ``k`` produces units ``w, w+k, ...``; DataLoader returns them round-robin, i.e. in
+    plan order, so the stream is the same for any number of workers. Each item is
+    ``(x_NLW int16, store, record, start)`` numpy arrays.
+    """
+
+    def __init__(self, stores: list[EcgStore], units: list[Unit], skip: int, window: int):
+        self.stores, self.units, self.skip, self.window = stores, units, skip, window
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        for i in range(wid, len(self.units), nw):
+            yield read_unit(self.stores[self.units[i].store], self.units[i], self.window,
+                            skip=self.skip if i == 0 else 0)
+
+
+def read_unit(store: EcgStore, unit: Unit, window: int, skip: int = 0) -> tuple[np.ndarray, ...]:
+    """Read each block span once and cut the unit's windows (from index ``skip`` on) out of it."""
+    n = len(unit.record) - skip
+    x_NLW = np.empty((n, store.signal.shape[0], window), dtype=np.int16)
+    block_of, record, start = unit.block_of[skip:], unit.record[skip:], unit.start[skip:]
+    first = store.offsets[record] + start          # window start in the store's signal
+    for b, (a, z) in enumerate(unit.spans):
+        sel = np.flatnonzero(block_of == b)
+        if sel.size == 0:
+            continue
+        span_LT = store.read_span(a, z)
+        for i, s in zip(sel, first[sel] - a):
+            x_NLW[i] = span_LT[:, s:s + window]
+    return x_NLW, np.full(n, unit.store, dtype=np.int64), record, start
+
+
+def _worker_init(_: int) -> None:
+    # One decode thread per worker: the workers already use the cores.
+    import zarr
+
+    zarr.config.set({"threading.max_workers": 1})
+
+
+class WindowLoader:
+    """Batches of training windows for one rank; iterate it forever, checkpoint it with state_dict().
+
+    Each batch is a dict: ``x`` float32 (B, 12, W) in mV (or normalised), ``lead_mask`` bool (B, 12),
+    ``store`` / ``record`` / ``start`` int64 (B,) saying where each window comes from.
+    """
+
+    def __init__(self, cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
+                 stores: list[EcgStore] | None = None):
+        if cfg.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {cfg.normalize!r}")
+        if not cfg.stores:
+            raise ValueError("DataConfig.stores is empty: name at least one store")
+        self.cfg = cfg
+        self.stores = stores or [open_store(s.path) for s in cfg.stores]
+        fs = {st.fs for st in self.stores}
+        if len(fs) > 1:
+            raise ValueError(f"stores have different sampling rates {sorted(fs)}; ingest them at one --fs")
+        self.sampler = WindowSampler(self.stores, cfg, rank=rank, world_size=world_size)
+        self._masks = [np.array([[c == "1" for c in m] for m in st.records["lead_mask"]]) for st in self.stores]
+        self.scale = np.float32(self.stores[0].spec.lsb_uV / 1000.0)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+    def _epoch_stream(self) -> Iterator[tuple[np.ndarray, ...]]:
+        """Unit arrays of the current epoch from the sampler's position, via DataLoader workers."""
+        units = self.sampler.plan(self.sampler.epoch)
+        pos = self.sampler.batch_in_epoch * self.cfg.batch_size
+        sizes = np.cumsum([len(u.record) for u in units])
+        first = int(np.searchsorted(sizes, pos, side="right"))
+        skip = pos - (int(sizes[first - 1]) if first else 0)
+        ds = UnitDataset(self.stores, units[first:], skip, self.cfg.window)
+        nw = self.cfg.num_workers
+        dl = DataLoader(ds, batch_size=None, num_workers=nw, worker_init_fn=_worker_init if nw else None,
+                        multiprocessing_context=self.cfg.start_method if nw else None,
+                        prefetch_factor=self.cfg.prefetch_factor if nw else None, persistent_workers=False)
+        for item in dl:
+            yield tuple(np.asarray(a) for a in item)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless: epoch after epoch. The state advances as each batch is handed out."""
+        B = self.cfg.batch_size
+        while True:
+            epoch = self.sampler.epoch
+            pending: list[tuple[np.ndarray, ...]] = []
+            have = 0
+            for item in self._epoch_stream():
+                pending.append(item)
+                have += len(item[0])
+                while have >= B:
+                    parts = [np.concatenate([p[k] for p in pending]) if len(pending) > 1 else pending[0][k]
+                             for k in range(4)]
+                    batch, rest = [a[:B] for a in parts], [a[B:] for a in parts]
+                    pending, have = ([tuple(rest)] if len(rest[0]) else []), len(rest[0])
+                    self.sampler.advance(1)
+                    yield self._to_batch(*batch)
+                    if self.sampler.epoch != epoch:
+                        break
+                if self.sampler.epoch != epoch:
+                    break
+
+    def _to_batch(self, x_BLW: np.ndarray, store: np.ndarray, record: np.ndarray,
+                  start: np.ndarray) -> dict[str, torch.Tensor]:
+        mask = np.stack([self._masks[s][r] for s, r in zip(store, record)])
+        x = torch.from_numpy(np.ascontiguousarray(x_BLW)).to(torch.float32).mul_(float(self.scale))
+        if self.cfg.normalize == "per_lead":
+            mu = x.mean(dim=-1, keepdim=True)
+            sd = x.std(dim=-1, keepdim=True)
+            x = (x - mu) / sd.clamp_min(1e-3)   # flat (missing) leads stay ~0 instead of exploding
+        return {"x": x, "lead_mask": torch.from_numpy(mask), "store": torch.from_numpy(store),
+                "record": torch.from_numpy(record), "start": torch.from_numpy(start)}
+
+    def take(self, n: int) -> list[dict[str, torch.Tensor]]:
+        """The next ``n`` batches (convenience for tests and benchmarks)."""
+        out = []
+        for batch in self:
+            out.append(batch)
+            if len(out) == n:
+                break
+        return out
+
+
+__all__ = ["DataConfig", "StoreSource", "Unit", "UnitDataset", "WindowLoader", "WindowSampler", "read_unit"]
