@@ -60,9 +60,9 @@ class DataConfig:
     window: int = 2500
     batch_size: int = 64
     normalize: str = "none"           # "none" or "per_lead" (zero mean, unit std per lead and window)
-    windows_per_epoch: int = 0        # 0: every usable sample once on average (sum of usable / window)
-    block_len: int = 262144           # samples per block (a multiple of the store's chunk length is best)
-    blocks_per_unit: int = 8          # blocks mixed in one unit (the shuffle buffer)
+    windows_per_epoch: int = 0        # 0: one pass over the data (sum of eligible record lengths / window)
+    block_len: int = 524288           # samples per block (a multiple of the store's chunk length is best)
+    blocks_per_unit: int = 4          # blocks mixed in one unit (the shuffle buffer)
     num_workers: int = 0
     start_method: str = "fork"        # DataLoader worker start method: fork, spawn or forkserver
     prefetch_factor: int = 2
@@ -112,8 +112,9 @@ class WindowSampler:
         if np.any(self.weights < 0) or self.weights.sum() <= 0:
             raise ValueError(f"store weights must be >= 0 with a positive sum, got {self.weights.tolist()}")
         self._blocks = [self._make_blocks(st, src) for st, src in zip(stores, cfg.stores)]
-        usable = sum(int(b.usable.sum()) for blocks in self._blocks for b in blocks)
-        total = cfg.windows_per_epoch or max(1, usable // cfg.window)
+        samples = sum(int(st.records["length"].to_numpy()[b.records].sum()) for st, blocks in
+                      zip(stores, self._blocks) for b in blocks)
+        total = cfg.windows_per_epoch or max(1, samples // cfg.window)
         self.steps_per_epoch = total // (cfg.batch_size * world_size)
         if self.steps_per_epoch == 0:
             raise ValueError(f"an epoch of {total} windows gives no full batch of {cfg.batch_size} "
@@ -304,16 +305,25 @@ class WindowLoader:
         B = self.cfg.batch_size
         while True:
             epoch = self.sampler.epoch
-            pending: list[tuple[np.ndarray, ...]] = []
+            pending: list[tuple[np.ndarray, ...]] = []   # unit arrays (or their unconsumed tails)
             have = 0
             for item in self._epoch_stream():
                 pending.append(item)
                 have += len(item[0])
                 while have >= B:
-                    parts = [np.concatenate([p[k] for p in pending]) if len(pending) > 1 else pending[0][k]
-                             for k in range(4)]
-                    batch, rest = [a[:B] for a in parts], [a[B:] for a in parts]
-                    pending, have = ([tuple(rest)] if len(rest[0]) else []), len(rest[0])
+                    # Cut B windows off the front; only a batch that straddles two units is copied here.
+                    take, parts = B, []
+                    while take:
+                        head = pending[0]
+                        n = min(take, len(head[0]))
+                        parts.append(tuple(a[:n] for a in head))
+                        if n == len(head[0]):
+                            pending.pop(0)
+                        else:
+                            pending[0] = tuple(a[n:] for a in head)
+                        take -= n
+                    have -= B
+                    batch = parts[0] if len(parts) == 1 else tuple(np.concatenate(k) for k in zip(*parts))
                     self.sampler.advance(1)
                     yield self._to_batch(*batch)
                     if self.sampler.epoch != epoch:
@@ -323,7 +333,10 @@ class WindowLoader:
 
     def _to_batch(self, x_BLW: np.ndarray, store: np.ndarray, record: np.ndarray,
                   start: np.ndarray) -> dict[str, torch.Tensor]:
-        mask = np.stack([self._masks[s][r] for s, r in zip(store, record)])
+        mask = np.empty((len(store), self._masks[0].shape[1]), dtype=bool)
+        for s in np.unique(store):
+            sel = store == s
+            mask[sel] = self._masks[s][record[sel]]
         x = torch.from_numpy(np.ascontiguousarray(x_BLW)).to(torch.float32).mul_(float(self.scale))
         if self.cfg.normalize == "per_lead":
             mu = x.mean(dim=-1, keepdim=True)
@@ -334,11 +347,13 @@ class WindowLoader:
 
     def take(self, n: int) -> list[dict[str, torch.Tensor]]:
         """The next ``n`` batches (convenience for tests and benchmarks)."""
-        out = []
-        for batch in self:
-            out.append(batch)
-            if len(out) == n:
-                break
+        out: list[dict[str, torch.Tensor]] = []
+        it = iter(self)
+        try:
+            while len(out) < n:
+                out.append(next(it))
+        finally:
+            it.close()   # shut the DataLoader workers down now, not at garbage collection
         return out
 
 

@@ -459,7 +459,8 @@ class EcgStore:
         lines.append("  folds: " + ", ".join(f"{k}: {v}" for k, v in folds.items()))
         for task, classes in self.tasks.items():
             counts = pd.Series([c for labels in r[f"y_{task}"] for c in labels]).value_counts()
-            shown = ", ".join(f"{c} {int(counts.get(c, 0))}" for c in classes[:12])
+            names = self.attrs.get("class_names", {}).get(task, {})
+            shown = ", ".join(f"{names.get(c, c)} {int(counts.get(c, 0))}" for c in classes[:12])
             more = f", ... ({len(classes)} classes)" if len(classes) > 12 else ""
             lines.append(f"  task {task}: {shown}{more}")
         rep = self.ingest_report()

@@ -57,7 +57,7 @@ def test_epoch_covers_records_in_proportion_to_length(stores):
     st = open_store(stores[0])
     n = loader.steps_per_epoch
     usable = (st.records["length"] - 499).to_numpy()
-    assert n == int(usable.sum() // 500) // 8
+    assert n == int(st.records["length"].sum() // 500) // 8   # one pass over the samples
     counts = np.zeros(len(st))
     for b in loader.take(n * 20):
         np.add.at(counts, b["record"].numpy(), 1)
@@ -90,13 +90,15 @@ def test_ranks_run_equal_steps_on_different_windows(stores):
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_workers_give_the_same_stream(stores, method):
+    # Whole epochs only: torch 2.13's spawn workers can abort when a DataLoader is torn down mid-stream.
     c0 = cfg(stores)
-    ref = WindowLoader(c0).take(12)
-    got = WindowLoader(cfg(stores, num_workers=2, start_method=method)).take(12)
+    n = WindowLoader(c0).steps_per_epoch
+    ref = WindowLoader(c0).take(2 * n)
+    got = WindowLoader(cfg(stores, num_workers=2, start_method=method)).take(2 * n)
     assert same(ref, got)
     resumed = WindowLoader(cfg(stores, num_workers=2, start_method=method))
     resumed.load_state_dict(WindowLoader(c0).state_dict() | {"batch_in_epoch": 5})
-    assert same(resumed.take(7), ref[5:])
+    assert same(resumed.take(n - 5), ref[5:n])
 
 
 def test_mixing_weights_and_folds(stores):
