@@ -51,6 +51,7 @@ from ecg_core.data.wfdb_io import (
     CINC2020_GAIN_RULES,
     RawRecord,
     RecordError,
+    amplitude_warning,
     apply_gain_rules,
     check_amplitude,
     find_records,
@@ -192,6 +193,9 @@ def process(job: Job) -> Outcome:
         if job.fmt in ("cinc2020", "cinc2021"):
             rec = apply_gain_rules(rec, CINC2020_GAIN_RULES)
         check_amplitude(rec)
+        warning = amplitude_warning(rec)
+        if warning:
+            rec.notes.append(warning)
         if job.fmt == "wfdb":
             meta = _wfdb_meta(rec, job.rel)
         elif job.fmt == "ptbxl":
@@ -260,6 +264,7 @@ def ingest(fmt: str, input_dir: Path, output: Path, *, fs: float = 500.0, strict
     spec = StoreSpec(fs=float(fs), codec=codec, source_format=fmt)
     labels_seen: set[str] = set()
     corrections: list[dict[str, str]] = []
+    warnings: list[dict[str, str]] = []
     with StoreWriter(output, spec=spec, overwrite=overwrite) as writer:
         bar = tqdm(total=len(jobs), desc=f"ingest {fmt}", unit="rec", disable=not progress, file=sys.stderr)
         for out in _run(jobs, workers):
@@ -272,7 +277,9 @@ def ingest(fmt: str, input_dir: Path, output: Path, *, fs: float = 500.0, strict
                 continue
             row = out.row
             labels_seen.update(row.get("y_labels", ()))
-            corrections += [{"record": out.rel, "note": n} for n in row["provenance"].split("; ") if "corrected" in n]
+            notes = row["provenance"].split("; ")
+            corrections += [{"record": out.rel, "note": n} for n in notes if n.startswith("ADC gain corrected")]
+            warnings += [{"record": out.rel, "note": n} for n in notes if n.startswith("amplitude warning")]
             try:
                 writer.append(out.x_LT, row)
             except StoreError as err:
@@ -286,7 +293,7 @@ def ingest(fmt: str, input_dir: Path, output: Path, *, fs: float = 500.0, strict
         n_ingested = n_found - len(skipped)
         report = {"format": fmt, "input": str(input_dir), "fs": float(fs), "codec": codec,
                   "n_found": n_found, "n_ingested": n_ingested, "n_skipped": len(skipped),
-                  "skipped": skipped, "corrections": corrections}
+                  "skipped": skipped, "corrections": corrections, "warnings": warnings}
         if n_ingested == 0:
             reasons = "; ".join(s["reason"] for s in skipped[:3])
             raise IngestError(f"{input_dir}: none of {n_found} records could be ingested ({reasons})")
@@ -304,6 +311,9 @@ def _summary(report: dict[str, Any], output: Path) -> str:
         kinds = Counter(s["reason"].split(": ", 1)[-1].split(" (")[0][:70] for s in report["skipped"])
         lines.append(f"skipped {report['n_skipped']} records:")
         lines += [f"  {n:5d} x {k}" for k, n in kinds.most_common(8)]
+    if report["warnings"]:
+        lines.append(f"amplitude warnings on {len(report['warnings'])} records (high voltage or a wrong ADC "
+                     "gain; listed in ingest_report.json and in each record's provenance)")
     if report["corrections"]:
         lines.append(f"amplitude corrections applied to {len(report['corrections'])} records "
                      "(listed in ingest_report.json)")

@@ -29,8 +29,13 @@ independently of the number of DataLoader workers and of fork/spawn.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
+import sys
 import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -41,6 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ecg_core.data.store import EcgStore, open_store
 
 NORMALIZATIONS = ("none", "per_lead")
+READER_THREADS = 2   # background reader threads when num_workers == 0
 
 
 @dataclass
@@ -146,6 +152,10 @@ class WindowSampler:
         return blocks
 
     # -- the plan --------------------------------------------------------------------------------
+    def max_span(self) -> int:
+        """The longest block span in samples (the size of a decode buffer)."""
+        return max(b.span[1] - b.span[0] for blocks in self._blocks for b in blocks)
+
     def windows_per_rank(self) -> int:
         return self.steps_per_epoch * self.cfg.batch_size
 
@@ -216,7 +226,7 @@ class UnitDataset(IterableDataset):
 
     Worker ``w`` of ``k`` produces units ``w, w+k, ...``; DataLoader returns them round-robin, i.e. in
     plan order, so the stream is the same for any number of workers. Each item is
-    ``(x_NLW int16, store, record, start)`` numpy arrays.
+    ``(x_NLW float32 mV, store, record, start)`` numpy arrays (see :func:`read_unit`).
     """
 
     def __init__(self, stores: list[EcgStore], units: list[Unit], skip: int, window: int):
@@ -226,23 +236,45 @@ class UnitDataset(IterableDataset):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         for i in range(wid, len(self.units), nw):
-            yield read_unit(self.stores[self.units[i].store], self.units[i], self.window,
-                            skip=self.skip if i == 0 else 0)
+            yield self.read(i)
+
+    def read(self, i: int, buffer: np.ndarray | None = None,
+             span_buffer: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        unit = self.units[i]
+        return read_unit(self.stores[unit.store], unit, self.window, skip=self.skip if i == 0 else 0,
+                         buffer=buffer, span_buffer=span_buffer)
 
 
-def read_unit(store: EcgStore, unit: Unit, window: int, skip: int = 0) -> tuple[np.ndarray, ...]:
-    """Read each block span once and cut the unit's windows (from index ``skip`` on) out of it."""
+def _reuse(buffer: np.ndarray | None, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """``buffer`` (flat, of ``dtype``) viewed as ``shape`` when it is large enough, else a new array."""
+    n = math.prod(shape)
+    if buffer is not None and buffer.size >= n and buffer.dtype == dtype:
+        return buffer[:n].reshape(shape)
+    return np.empty(n, dtype=dtype).reshape(shape)   # a view, so that .base is the flat buffer
+
+
+def read_unit(store: EcgStore, unit: Unit, window: int, skip: int = 0, buffer: np.ndarray | None = None,
+              span_buffer: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Read each block span once and cut the unit's windows (from index ``skip`` on) out of it.
+
+    Returns ``(x_NLW float32 in mV, store, record, start)``; the int16 -> mV conversion happens while
+    cropping, so each window is touched once after decoding. ``buffer`` (flat float32) and
+    ``span_buffer`` (flat int16) are reused when large enough: freshly allocated arrays of this size are
+    fresh pages from the kernel, and faulting them in costs several times the copy.
+    """
     n = len(unit.record) - skip
-    x_NLW = np.empty((n, store.signal.shape[0], window), dtype=np.int16)
+    n_leads = store.signal.shape[0]
+    x_NLW = _reuse(buffer, (n, n_leads, window), np.float32)
+    scale = np.float32(store.spec.lsb_uV / 1000.0)
     block_of, record, start = unit.block_of[skip:], unit.record[skip:], unit.start[skip:]
     first = store.offsets[record] + start          # window start in the store's signal
     for b, (a, z) in enumerate(unit.spans):
         sel = np.flatnonzero(block_of == b)
         if sel.size == 0:
             continue
-        span_LT = store.read_span(a, z)
+        span_LT = store.read_span(a, z, out=_reuse(span_buffer, (n_leads, z - a), np.int16))
         for i, s in zip(sel, first[sel] - a):
-            x_NLW[i] = span_LT[:, s:s + window]
+            np.multiply(span_LT[:, s:s + window], scale, out=x_NLW[i])
     return x_NLW, np.full(n, unit.store, dtype=np.int64), record, start
 
 
@@ -271,9 +303,12 @@ class WindowLoader:
         fs = {st.fs for st in self.stores}
         if len(fs) > 1:
             raise ValueError(f"stores have different sampling rates {sorted(fs)}; ingest them at one --fs")
+        if any(st.spec.lsb_uV != self.stores[0].spec.lsb_uV for st in self.stores):
+            raise ValueError("stores have different sample scales (lsb_uV); re-ingest them with one version")
         self.sampler = WindowSampler(self.stores, cfg, rank=rank, world_size=world_size)
         self._masks = [np.array([[c == "1" for c in m] for m in st.records["lead_mask"]]) for st in self.stores]
-        self.scale = np.float32(self.stores[0].spec.lsb_uV / 1000.0)
+        self._ring: list[dict[str, np.ndarray | None]] | None = None
+        self._span_len = self.sampler.max_span()
 
     @property
     def steps_per_epoch(self) -> int:
@@ -285,51 +320,98 @@ class WindowLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state)
 
-    def _epoch_stream(self) -> Iterator[tuple[np.ndarray, ...]]:
-        """Unit arrays of the current epoch from the sampler's position, via DataLoader workers."""
-        units = self.sampler.plan(self.sampler.epoch)
-        pos = self.sampler.batch_in_epoch * self.cfg.batch_size
-        sizes = np.cumsum([len(u.record) for u in units])
-        first = int(np.searchsorted(sizes, pos, side="right"))
-        skip = pos - (int(sizes[first - 1]) if first else 0)
-        ds = UnitDataset(self.stores, units[first:], skip, self.cfg.window)
+    def _datasets(self) -> Iterator[UnitDataset]:
+        """One UnitDataset per epoch, from the sampler's current position on, forever."""
+        epoch, pos = self.sampler.epoch, self.sampler.batch_in_epoch * self.cfg.batch_size
+        while True:
+            units = self.sampler.plan(epoch)
+            sizes = np.cumsum([len(u.record) for u in units])
+            first = int(np.searchsorted(sizes, pos, side="right"))
+            skip = pos - (int(sizes[first - 1]) if first else 0)
+            yield UnitDataset(self.stores, units[first:], skip, self.cfg.window)
+            epoch, pos = epoch + 1, 0
+
+    def _stream(self) -> Iterator[tuple[np.ndarray, ...]]:
+        """Unit arrays in plan order, epoch after epoch: DataLoader workers, or prefetch threads."""
         nw = self.cfg.num_workers
-        dl = DataLoader(ds, batch_size=None, num_workers=nw, worker_init_fn=_worker_init if nw else None,
-                        multiprocessing_context=self.cfg.start_method if nw else None,
-                        prefetch_factor=self.cfg.prefetch_factor if nw else None, persistent_workers=False)
-        for item in dl:
-            yield tuple(np.asarray(a) for a in item)
+        if nw == 0:
+            yield from self._prefetched(self._datasets())
+            return
+        for ds in self._datasets():
+            dl = DataLoader(ds, batch_size=None, num_workers=nw, worker_init_fn=_worker_init,
+                            multiprocessing_context=self.cfg.start_method,
+                            prefetch_factor=self.cfg.prefetch_factor, persistent_workers=False)
+            for item in dl:
+                yield tuple(np.asarray(a) for a in item)
+
+    def _prefetched(self, datasets: Iterator[UnitDataset]) -> Iterator[tuple[np.ndarray, ...]]:
+        """Without worker processes, read the next units in background threads (decoding and cropping
+        release the GIL) while the training step consumes the current one, across epoch boundaries.
+
+        Units are read into a ring of reused buffers (fresh multi-MB arrays cost page faults worth more
+        than the copy), and batches are views of them (no copy). A buffer is reused only when nothing
+        refers to it any more: every NumPy view (unit arrays, unconsumed tails, the arrays behind the
+        batch tensors handed out) holds a reference to it, so a batch the caller keeps is never
+        overwritten; its slot just gets a new buffer.
+        """
+        depth = max(1, self.cfg.prefetch_factor)
+        # The ring outlives one iterator (the pages stay mapped for the next epoch loop or a resumed run);
+        # an iterator takes it while it runs, so two live iterators of one loader never share a ring.
+        ring, self._ring = self._ring or [], None
+        ring += [{"x": None, "span": None} for _ in range(depth + READER_THREADS + 2 - len(ring))]
+        tasks = ((ds, i) for ds in datasets for i in range(len(ds.units)))
+        n_leads = self.stores[0].signal.shape[0]
+
+        def read(n: int, ds: UnitDataset, i: int) -> tuple[np.ndarray, ...]:
+            slot = ring[n % len(ring)]
+            buf = slot["x"]
+            if buf is not None and sys.getrefcount(buf) > 3:   # 3 = slot, `buf`, the call's argument
+                buf = None                                      # still in use: leave it to its owner
+            if slot["span"] is None:
+                slot["span"] = np.empty(n_leads * self._span_len, dtype=np.int16)
+            item = ds.read(i, buffer=buf, span_buffer=slot["span"])
+            slot["x"] = item[0].base
+            return item
+
+        counter = itertools.count()
+        try:
+            with ThreadPoolExecutor(READER_THREADS, thread_name_prefix="ecg-prefetch") as pool:
+                pending: deque[Future] = deque(pool.submit(read, next(counter), *t)
+                                               for t in itertools.islice(tasks, depth))
+                while pending:
+                    item = pending.popleft().result()
+                    pending.extend(pool.submit(read, next(counter), *t) for t in itertools.islice(tasks, 1))
+                    yield item
+        finally:
+            self._ring = ring
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless: epoch after epoch. The state advances as each batch is handed out."""
+        """Endless: epoch after epoch. The state advances as each batch is handed out.
+
+        An epoch holds exactly ``steps_per_epoch * batch_size`` windows, so no batch spans two epochs.
+        """
         B = self.cfg.batch_size
-        while True:
-            epoch = self.sampler.epoch
-            pending: list[tuple[np.ndarray, ...]] = []   # unit arrays (or their unconsumed tails)
-            have = 0
-            for item in self._epoch_stream():
-                pending.append(item)
-                have += len(item[0])
-                while have >= B:
-                    # Cut B windows off the front; only a batch that straddles two units is copied here.
-                    take, parts = B, []
-                    while take:
-                        head = pending[0]
-                        n = min(take, len(head[0]))
-                        parts.append(tuple(a[:n] for a in head))
-                        if n == len(head[0]):
-                            pending.pop(0)
-                        else:
-                            pending[0] = tuple(a[n:] for a in head)
-                        take -= n
-                    have -= B
-                    batch = parts[0] if len(parts) == 1 else tuple(np.concatenate(k) for k in zip(*parts))
-                    self.sampler.advance(1)
-                    yield self._to_batch(*batch)
-                    if self.sampler.epoch != epoch:
-                        break
-                if self.sampler.epoch != epoch:
-                    break
+        pending: list[tuple[np.ndarray, ...]] = []   # unit arrays (or their unconsumed tails)
+        have = 0
+        for item in self._stream():
+            pending.append(item)
+            have += len(item[0])
+            while have >= B:
+                # Cut B windows off the front; only a batch that straddles two units is concatenated.
+                take, parts = B, []
+                while take:
+                    head = pending[0]
+                    n = min(take, len(head[0]))
+                    parts.append(tuple(a[:n] for a in head))
+                    if n == len(head[0]):
+                        pending.pop(0)
+                    else:
+                        pending[0] = tuple(a[n:] for a in head)
+                    take -= n
+                have -= B
+                batch = parts[0] if len(parts) == 1 else tuple(np.concatenate(k) for k in zip(*parts))
+                self.sampler.advance(1)
+                yield self._to_batch(*batch)
 
     def _to_batch(self, x_BLW: np.ndarray, store: np.ndarray, record: np.ndarray,
                   start: np.ndarray) -> dict[str, torch.Tensor]:
@@ -337,7 +419,7 @@ class WindowLoader:
         for s in np.unique(store):
             sel = store == s
             mask[sel] = self._masks[s][record[sel]]
-        x = torch.from_numpy(np.ascontiguousarray(x_BLW)).to(torch.float32).mul_(float(self.scale))
+        x = torch.from_numpy(x_BLW)   # a view: see _prefetched for why its buffer is never reused under it
         if self.cfg.normalize == "per_lead":
             mu = x.mean(dim=-1, keepdim=True)
             sd = x.std(dim=-1, keepdim=True)
@@ -353,7 +435,7 @@ class WindowLoader:
             while len(out) < n:
                 out.append(next(it))
         finally:
-            it.close()   # shut the DataLoader workers down now, not at garbage collection
+            it.close()   # stop the readers now, not at garbage collection
         return out
 
 

@@ -590,8 +590,11 @@ def read_record(header_path: Path) -> RawRecord:
 #: (PTB, 2000x too small). The bounds leave room for low-voltage ECGs (QRS < 0.5 mV in the limb leads is
 #: itself a diagnosis, SNOMED 251146004) and for high voltage (LVH). A 5x gain error cannot be told from real
 #: amplitude variation in every record, so known errors are fixed by rule (:data:`CINC2020_GAIN_RULES`) and
-#: this window is the safety net for unknown ones.
-PLAUSIBLE_P2P_MV: tuple[float, float] = (0.25, 2.5)
+#: this window is the safety net for unknown ones. Between :data:`HIGH_P2P_WARN_MV` and the upper bound a
+#: record is kept but flagged (:func:`amplitude_warning`): genuine high-voltage ECGs (LVH) reach that band,
+#: and so do copies whose gain is ~2.5-5x too small, so the store says so instead of refusing or staying silent.
+PLAUSIBLE_P2P_MV: tuple[float, float] = (0.25, 5.0)
+HIGH_P2P_WARN_MV = 2.5
 #: Samples per window of the robust peak-to-peak: >= 2 s up to 1 kHz, so that every window holds a beat.
 P2P_WINDOW = 2048
 
@@ -626,6 +629,15 @@ def check_amplitude(rec: RawRecord) -> None:
         raise _error(rec.header_path, f"implausible amplitude: median robust peak-to-peak {p2p:.3g} mV "
                                       f"outside [{lo:g}, {hi:g}] mV; the header's ADC gain ({gains}/mV) is "
                                       f"probably wrong")
+
+
+def amplitude_warning(rec: RawRecord) -> str | None:
+    """A one-line note when the amplitude is plausible but unusually high (see :data:`HIGH_P2P_WARN_MV`)."""
+    p2p = robust_peak_to_peak_mV(rec.signal_uV, rec.lead_mask)
+    if p2p <= HIGH_P2P_WARN_MV:
+        return None
+    return (f"amplitude warning: median robust peak-to-peak {p2p:.3g} mV > {HIGH_P2P_WARN_MV:g} mV "
+            "(a high-voltage ECG, or a header ADC gain 2.5-5x too small)")
 
 
 @dataclass(frozen=True)

@@ -130,3 +130,17 @@ def test_state_from_other_settings_is_refused(stores):
         WindowLoader(cfg(stores, window=100000))
     with pytest.raises(ValueError, match="normalize must be one of"):
         WindowLoader(cfg(stores, normalize="zscore"))
+
+
+def test_batches_kept_by_the_caller_are_never_overwritten(stores):
+    # Batches are views of reused read buffers; keeping many units' worth of them must not let the
+    # loader reuse a buffer under them.
+    loader = WindowLoader(cfg(stores[:1], blocks_per_unit=1, prefetch_factor=1))
+    st = open_store(stores[0])
+    kept = loader.take(3 * loader.steps_per_epoch)
+    n_units = len(loader.sampler.plan(0))
+    assert n_units * 3 > 10   # far more units than buffers in the ring
+    for b in kept:
+        for x, r, s in zip(b["x"], b["record"], b["start"]):
+            rid = st.records["record_id"].iat[int(r)]
+            np.testing.assert_array_equal(x.numpy(), st.read_window(rid, int(s), 500))
