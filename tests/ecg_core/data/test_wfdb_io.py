@@ -16,8 +16,8 @@ from scipy.signal import resample_poly
 # imports; importing it first keeps that warning out of this (warnings-as-errors) test module.
 from ecg_core.data.leads import LEADS, canonical_lead
 from ecg_core.data.wfdb_io import (
-    CINC2020_GAIN_RULES, HIGH_P2P_WARN_MV, PLAUSIBLE_P2P_MV, RawRecord, amplitude_warning, RecordError, apply_gain_rules, check_amplitude,
-    find_records, read_record, robust_peak_to_peak_mV,
+    CINC2020_GAIN_RULES, HIGH_P2P_WARN_MV, PLAUSIBLE_P2P_MV, RawRecord, RecordError, amplitude_warning,
+    apply_gain_rules, check_amplitude, find_records, read_record, robust_peak_to_peak_mV,
 )
 import wfdb  # after ecg_core.data.wfdb_io on purpose, see above
 
