@@ -253,7 +253,7 @@ class Timed:
     background threads while another one is measured.
     """
 
-    def __init__(self, name: str, loader, batch_size: int, warmup: int = 4):
+    def __init__(self, name: str, loader, batch_size: int, warmup: int = 8):
         self.name, self.loader, self.batch_size, self.warmup = name, loader, batch_size, warmup
         self.rates: list[float] = []
 

@@ -144,3 +144,16 @@ def test_batches_kept_by_the_caller_are_never_overwritten(stores):
         for x, r, s in zip(b["x"], b["record"], b["start"]):
             rid = st.records["record_id"].iat[int(r)]
             np.testing.assert_array_equal(x.numpy(), st.read_window(rid, int(s), 500))
+
+
+def test_data_config_loads_from_yaml_strictly(tmp_path, stores):
+    from ecg_core.config import ConfigError, load_config
+
+    f = tmp_path / "data.yaml"
+    f.write_text(f"stores:\n  - path: {stores[0]}\n    weight: 2\n    folds: [1, 2, 3]\nwindow: 400\n")
+    c = load_config(DataConfig, [f], ["batch_size=4"])
+    assert c.stores[0] == StoreSource(path=str(stores[0]), weight=2.0, folds=[1, 2, 3]) and c.window == 400
+    assert WindowLoader(c).take(1)[0]["x"].shape == (4, 12, 400)
+    f.write_text("stores:\n  - path: x.zarr\n    wieght: 2\n")
+    with pytest.raises(ConfigError, match=r"data.yaml: stores\[0\].wieght: unknown key"):
+        load_config(DataConfig, [f])
