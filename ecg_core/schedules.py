@@ -23,7 +23,7 @@ def _linear(progress: float) -> float:
     return 1.0 - progress
 
 
-def _constant(progress: float) -> float:
+def _constant(_progress: float) -> float:
     return 1.0
 
 

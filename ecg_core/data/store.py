@@ -156,14 +156,6 @@ def _shard_key(i: int) -> str:
     return f"signal/c/0/{i}"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class StoreWriter:
     """Writes a store into ``<path>.tmp-<pid>`` and renames it to ``path`` on :meth:`commit`.
 
