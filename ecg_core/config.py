@@ -267,6 +267,9 @@ class _Merger:
             key, cause = _locate_failure(self.cfg, layer, exc)
             value = _value_at(layer, _split_key(key)) if key else _ABSENT
             raise ConfigError(source, key or None, self._reason(key, value, cause)) from exc
+        except TypeError as exc:  # OmegaConf raises a bare TypeError for e.g. a list where a mapping is declared
+            key = _search_type_error(self.cfg, layer, ())
+            raise ConfigError(source, key or None, f"wrong type: {exc}") from exc
         assert isinstance(merged, DictConfig)
         self.cfg = merged
         for key in _leaf_keys(layer, ()):
@@ -382,6 +385,20 @@ def _locate_failure(
     except (TypeError, ValueError):  # a shape OmegaConf refuses outright: blame nothing specific
         found = None
     return found or ("", exc)
+
+
+def _search_type_error(cfg: DictConfig, node: Mapping[Any, Any], prefix: tuple[Any, ...]) -> str:
+    """The dotted key whose value makes OmegaConf raise a bare TypeError on merge ("" if none alone does)."""
+    for key, value in node.items():
+        path = prefix + (key,)
+        try:
+            OmegaConf.merge(cfg, _nest(path, value))
+        except TypeError:
+            deeper = _search_type_error(cfg, value, path) if isinstance(value, Mapping) else ""
+            return deeper or ".".join(str(k) for k in path)
+        except OmegaConfBaseException:
+            continue
+    return ""
 
 
 def _search_failure(

@@ -512,3 +512,14 @@ def test_save_config_keeps_existing_mode(tmp_path):
     save_config(load_config(TrainCfg, overrides=["name=b"]), target)
     assert target.stat().st_mode & 0o777 == 0o600
     assert "name: b" in target.read_text()
+
+
+def test_list_for_a_dict_field_names_file_and_key(tmp_path):
+    @dataclass
+    class Profile:
+        data_roots: dict[str, str] = field(default_factory=dict)
+
+    f = tmp_path / "p.yaml"
+    f.write_text("data_roots: [a, b]\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: data_roots: wrong type"):
+        load_config(Profile, [f])
