@@ -64,10 +64,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ecg_core.data.ingest import WFDB_META_KEYS
+from ecg_core.data.ingest import INT16_MAX, WFDB_META_KEYS
+from ecg_core.data.leads import LEADS
 
 # Canonical 12-lead order (PTB-XL, CinC Challenges).
-DEMO_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+DEMO_LEADS = LEADS
 
 RHYTHM_CLASSES = ("SBRAD", "STACH", "AFIB")
 MORPHOLOGY_CLASSES = ("LBBB", "RBBB", "MI", "LVH")
@@ -86,7 +87,6 @@ N_FOLDS = 10
 ADC_GAIN = 1000  # digital counts per mV: 1 uV per count
 UNITS = "mV"
 WFDB_FMT = "16"
-INT16_MAX = 32767  # -32768 is WFDB's "no sample" value in format 16
 RECORDS_FILE = "RECORDS"
 PATIENTS_PER_FOLDER = 50
 

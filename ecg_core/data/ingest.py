@@ -69,7 +69,7 @@ CINC_SOURCES = {"A": "CPSC", "Q": "CPSC-Extra", "I": "INCART", "S": "PTB", "HR":
                 "E": "Georgia", "JS": "Chapman-Ningbo"}
 
 RESAMPLE_WINDOW = ("kaiser", 5.0)
-INT16_MAX = 32767
+INT16_MAX = 32767   # symmetric clip: -32768 is WFDB format 16's "no sample" value
 
 
 class IngestError(RuntimeError):
