@@ -1,0 +1,143 @@
+"""Typed configs of the jobs: what each stage's ``config.yaml`` holds.
+
+The launcher (:mod:`launcher.plan`) builds one of these per job from the grid, validates it strictly at
+expansion time and writes it to ``<run_dir>/config.yaml``; the job reads it back with
+:func:`ecg_core.config.from_yaml` (``JOB_CONFIGS[kind]``). Nothing else is passed to a job.
+
+Dataset names (``dataset: demo``) are resolved to store paths by the cluster profile's ``data_roots``
+before the config is written, so a run directory's config says exactly which store it used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ecg_core.data.loader import DataConfig
+
+__all__ = [
+    "AggregateConfig",
+    "EncoderConfig",
+    "EvalConfig",
+    "JOB_CONFIGS",
+    "MethodConfig",
+    "OptimConfig",
+    "PretrainConfig",
+    "TrackingConfig",
+    "TRACKING_MODES",
+]
+
+TRACKING_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class TrackingConfig:
+    """Where a job logs to W&B. ``metrics.jsonl`` in the run directory is always written as well."""
+
+    project: str = "ecg-ssl"
+    entity: Optional[str] = None
+    mode: str = "offline"          # online | offline | disabled (env WANDB_MODE wins when set)
+    group: str = ""                # the grid name (set by the planner)
+    name: str = ""                 # the cell id (set by the planner)
+    job_type: str = ""             # the stage (set by the planner)
+    run_id: str = ""               # deterministic W&B run id (set by the planner; a requeued job resumes it)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EncoderConfig:
+    """An entry of ``ecg_core.encoders.ENCODERS`` and its keyword arguments."""
+
+    name: str = "xresnet1d50"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    """An entry of ``ecg_core.methods.METHODS`` and its hyper-parameters (validated by the method's
+    own ``Config`` dataclass; unknown keys are errors)."""
+
+    name: str = "simclr"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a step-based warm-up + decay schedule (``ecg_core.schedules.lr_at``)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    schedule: str = "cosine"       # cosine | linear | constant (after warm-up)
+    min_lr_ratio: float = 0.0      # final lr = lr * min_lr_ratio
+    grad_clip: float = 1.0         # max global grad norm; 0 disables clipping
+
+
+@dataclass
+class PretrainConfig:
+    """One self-supervised pretraining run (stage ``pretrain``)."""
+
+    method: MethodConfig = field(default_factory=MethodConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    dataset: str = "demo"          # a name in the profile's data_roots (or a store path)
+    pretrain_folds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8])
+    data: DataConfig = field(default_factory=DataConfig)   # `stores` is filled by the planner
+    steps: int = 1000
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    precision: str = "bf16"        # bf16 autocast on GPU (CPU always runs fp32) | fp32
+    deterministic: bool = False    # torch.use_deterministic_algorithms (bit-exact resume tests)
+    checkpoint_every: int = 500    # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run (stages ``linear_eval`` and ``finetune``) of a pretrained encoder."""
+
+    protocol: str = "linear"       # linear | finetune
+    pretrain_dir: str = "???"      # run directory of the pretraining job (its config and checkpoints)
+    dataset: str = "demo"
+    store: str = ""                # resolved store path (set by the planner)
+    task: str = "labels"           # a task of the store (``store.tasks``)
+    label_fraction: float = 1.0    # stratified share of the training fold used for training
+    seed: int = 0
+    train_folds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5, 6, 7, 8])
+    val_folds: list[int] = field(default_factory=lambda: [9])
+    test_folds: list[int] = field(default_factory=lambda: [10])
+    window: int = 2500             # samples per window (the pretraining window by default)
+    test_stride: int = 1250        # sliding-window stride for per-record test predictions
+    batch_size: int = 64
+    normalize: str = "none"
+    # linear probe (frozen encoder, embeddings computed once)
+    linear_epochs: int = 200
+    linear_lr: float = 1e-2
+    linear_weight_decay: float = 1e-4
+    # finetune (whole network)
+    finetune_steps: int = 500
+    finetune_lr: float = 1e-3
+    encoder_lr_scale: float = 0.1  # encoder lr = finetune_lr * encoder_lr_scale
+    finetune_weight_decay: float = 1e-4
+    checkpoint_every: int = 200
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+@dataclass
+class AggregateConfig:
+    """The grid's aggregate job: every ``result.json`` under ``grid_dir`` into the report and W&B."""
+
+    grid: str = "???"
+    grid_dir: str = "???"          # <runs_root>/<grid>
+    expected: list[str] = field(default_factory=list)   # eval run dirs the plan created (missing = failed)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+JOB_CONFIGS: dict[str, type] = {
+    "pretrain": PretrainConfig,
+    "linear_eval": EvalConfig,
+    "finetune": EvalConfig,
+    "aggregate": AggregateConfig,
+}
+"""Stage kind -> config dataclass of its ``config.yaml``."""
