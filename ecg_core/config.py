@@ -193,6 +193,40 @@ def from_yaml(schema: type[T], text_or_path: str | os.PathLike[str]) -> T:
     return merger.finish()
 
 
+def from_dict(schema: type[T], layers: Sequence[tuple[str, Mapping[str, Any]]], *, base: T | None = None) -> T:
+    """Build a typed config from in-memory mappings: defaults (or ``base``) <- each ``(source, mapping)``.
+
+    The same strict checks as :func:`load_config`; a problem is a :class:`ConfigError` naming the
+    ``source`` label of the mapping that set the offending key (e.g. ``grids/demo.yaml: cells[3]``).
+    Nested mappings only (no dotted keys): see :func:`nest_dotted` to turn ``{"a.b": 1}`` into one.
+    """
+    _check_schema(schema)
+    if base is not None and not isinstance(base, schema):
+        raise TypeError(f"base must be an instance of {schema.__name__}, got {type(base).__name__}")
+    merger = _Merger(schema, base)
+    for source, layer in layers:
+        merger.merge_layer(dict(layer), source)
+    return merger.finish()
+
+
+def nest_dotted(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"optim.lr": 1e-3, "optim.betas": [..]}`` -> ``{"optim": {"lr": 1e-3, "betas": [..]}}`` (later keys win)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(nest_dotted(value))
+        else:
+            node[parts[-1]] = nest_dotted(value) if isinstance(value, Mapping) else value
+    return out
+
+
 def to_yaml(cfg: Any) -> str:
     """The resolved config as YAML text (enums by name, paths as strings, tuples as lists).
 

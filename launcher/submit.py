@@ -38,8 +38,11 @@ __all__ = [
     "FailedJobError",
     "Job",
     "UncompletedJobError",
+    "Checkpointable",
     "cancel",
     "export_distributed_env",
+    "job_id_in_job",
+    "local_job_alive",
     "job_state",
     "job_states",
     "make_executor",
@@ -132,6 +135,7 @@ def submit_array(
     args_list: Sequence[Sequence[Any]],
     *,
     after: Sequence[JobRef] = (),
+    dependency: str = "afterok",
 ) -> list[submitit.Job[Any]]:
     """Submit ``fn(*args)`` for each ``args`` in ``args_list`` as one job array; return one Job each.
 
@@ -143,26 +147,40 @@ def submit_array(
     jobs that already COMPLETED are left out of the dependency, and one that already failed raises.
     With the local executor, ``after`` must hold Job objects: they are waited for here first.
 
+    ``dependency="afterany"`` holds the array until every job in ``after`` has ended, whatever its state
+    (the aggregate job, which reports failed evaluations as failed); nothing is refused then.
+
     Raises:
         DependencyFailedError: a job in ``after`` already failed (nothing was submitted).
         FailedJobError: sbatch refused the submission (its message is kept).
     """
+    if dependency not in ("afterok", "afterany"):
+        raise ValueError(f"dependency must be afterok or afterany, got {dependency!r}")
     if not args_list:
         return []
     if executor.cluster == "local":
-        _wait_for_local(after)
+        _wait_for_local(after, strict=dependency == "afterok")
         return _submit_batch(executor, fn, args_list)
     if not after:
         return _submit_batch(executor, fn, args_list)
     states = job_states(_job_id(ref) for ref in after)
+    if dependency == "afterany":
+        return _submit_with_dependency(executor, fn, args_list, "afterany", [
+            job_id for job_id, state in states.items() if state not in FAILED_STATES and state != "COMPLETED"])
     failed = {job_id: state for job_id, state in states.items() if state in FAILED_STATES}
     if failed:
         listed = ", ".join(f"{job_id} ({state})" for job_id, state in failed.items())
         raise DependencyFailedError(f"job(s) {listed} did not succeed: their dependents were not submitted")
     waiting = [job_id for job_id, state in states.items() if state != "COMPLETED"]
+    return _submit_with_dependency(executor, fn, args_list, "afterok", waiting)
+
+
+def _submit_with_dependency(executor: submitit.AutoExecutor, fn: Callable[..., Any],
+                            args_list: Sequence[Sequence[Any]], kind: str,
+                            waiting: list[str]) -> list[submitit.Job[Any]]:
     if not waiting:
         return _submit_batch(executor, fn, args_list)
-    executor.update_parameters(slurm_dependency="afterok:" + ":".join(waiting))
+    executor.update_parameters(slurm_dependency=f"{kind}:" + ":".join(waiting))
     try:
         return _submit_batch(executor, fn, args_list)
     finally:
@@ -226,6 +244,36 @@ def export_distributed_env() -> bool:
     return True
 
 
+Checkpointable = submitit.helpers.Checkpointable
+"""Base class of the job runner: submitit requeues a job whose callable has ``checkpoint``."""
+
+
+def job_id_in_job() -> Optional[str]:
+    """The submitit/SLURM job id of the running job (``<array>_<index>`` for an array task), or None outside one."""
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:
+        return None
+
+
+def local_job_alive(job_id: str) -> bool:
+    """Whether the process of a local-executor job (its job id is the pid) is still running."""
+    try:
+        pid = int(job_id)
+    except ValueError:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:   # a zombie (ended, not yet reaped) is not running
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -243,14 +291,21 @@ def _job_id(ref: JobRef) -> str:
     return job_id
 
 
-def _wait_for_local(after: Sequence[JobRef]) -> None:
+def _wait_for_local(after: Sequence[JobRef], strict: bool = True) -> None:
     for ref in after:
         if not isinstance(ref, submitit.Job):
             raise TypeError(f"the local executor can only wait for Job objects, not the bare job id {ref!r}")
         try:
             ref.results()
         except Exception as exc:  # the job's own exception, or submitit's UncompletedJobError
-            raise DependencyFailedError(f"job {ref.job_id} failed: its dependents were not submitted: {exc}") from exc
+            if strict:
+                raise DependencyFailedError(f"job {ref.job_id} failed: its dependents were not submitted: "
+                                            f"{_first_line(str(exc))}") from exc
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
 
 
 def _first_word(state: str) -> str:

@@ -1,0 +1,109 @@
+"""Self-supervised pretraining of one grid cell (stage ``pretrain``): any method of ``ecg_core.methods``.
+
+Runs under torch.distributed as set up by the runner (one process per rank; gloo on CPU, NCCL on GPU):
+the method is built from the same seed on every rank (FSDP2 does not broadcast weights), its blocks and
+then the whole method are sharded with FSDP2 ``fully_shard`` (also with one rank, so that one code path
+is exercised everywhere), and :func:`ecg_core.train_loop.train` runs the steps, checkpoints, resumes
+and stops for preemption. The encoder is later read by evaluation jobs with
+:func:`ecg_core.checkpoint.load_encoder` from ``<run_dir>/checkpoints``.
+
+Writes into ``run_dir``: ``checkpoints/``, ``metrics.jsonl`` (and W&B), ``compute.json`` (accumulated
+over requeues: wall seconds, samples, device, world size, parameter counts).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from ecg_core import distributed as D
+from ecg_core.checkpoint import _write_json
+from ecg_core.config import to_yaml
+from ecg_core.data.loader import WindowLoader
+from ecg_core.encoders import count_parameters
+from ecg_core.methods import build_method
+from ecg_core.preemption import Preempted
+from ecg_core.schedules import lr_at
+from ecg_core.tracking import Tracker
+from ecg_core.train_loop import train
+from jobs.config import PretrainConfig
+
+__all__ = ["run"]
+
+
+def _config_dict(cfg: PretrainConfig) -> dict:
+    import yaml
+    return yaml.safe_load(to_yaml(cfg))
+
+
+def run(cfg: PretrainConfig, run_dir: Path) -> None:
+    """Pretrain ``cfg.method`` with ``cfg.encoder`` on ``cfg.data`` for ``cfg.steps`` steps (collective)."""
+    run_dir = Path(run_dir)
+    info = D.info()
+    if cfg.deterministic:
+        D.set_deterministic()
+    if not cfg.data.stores:
+        raise ValueError(f"{run_dir / 'config.yaml'}: data.stores is empty (the planner fills it from `dataset`)")
+    D.seed_everything(cfg.seed)                 # identical initial weights on every rank
+    method = build_method(cfg, generator_seed=cfg.seed).to(info.device)
+    n_encoder, n_total = count_parameters(method.encoder), count_parameters(method)
+    D.shard_model(method, method.fsdp_blocks(), mixed_precision=cfg.precision == "bf16")
+    D.seed_everything(cfg.seed, info.rank)      # rank-specific streams from here on
+    optimizer = torch.optim.AdamW(method.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  weight_decay=cfg.optim.weight_decay)
+    loader = WindowLoader(cfg.data, rank=info.rank, world_size=info.world_size)
+    lr_fn = partial(lr_at, base_lr=cfg.optim.lr, warmup_steps=min(cfg.optim.warmup_steps, cfg.steps),
+                    total_steps=cfg.steps, schedule=cfg.optim.schedule, min_lr_ratio=cfg.optim.min_lr_ratio)
+    config = _config_dict(cfg)
+    tracker = Tracker(cfg.tracking, run_dir, config=config, enabled=info.is_main)
+    started = time.time()
+    result = None
+    try:
+        result = train(method, optimizer, loader, method.training_step, run_dir=run_dir, total_steps=cfg.steps,
+                       lr_fn=lr_fn, grad_clip=cfg.optim.grad_clip, checkpoint_every=cfg.checkpoint_every,
+                       keep_checkpoints=cfg.keep_checkpoints, config_yaml=to_yaml(cfg), tracker=tracker,
+                       log_every=cfg.log_every, after_step=method.after_optimizer_step,
+                       desc=f"pretrain {cfg.method.name}", autocast=cfg.precision == "bf16")
+    except Preempted:
+        tracker.mark_preempting()
+        tracker.finish(exit_code=143)
+        _account(run_dir, info, time.time() - started, None, n_encoder, n_total, cfg)
+        raise
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    _account(run_dir, info, time.time() - started, result, n_encoder, n_total, cfg)
+    tracker.summary({"final_step": result.step, "samples_per_s": result.samples_per_s,
+                     "encoder_parameters": n_encoder})
+    tracker.finish()
+
+
+def _account(run_dir: Path, info: D.DistInfo, wall_s: float, result, n_encoder: int, n_total: int,
+             cfg: PretrainConfig) -> None:
+    """Add this attempt's compute to ``compute.json`` (rank 0)."""
+    if not info.is_main:
+        return
+    path = run_dir / "compute.json"
+    try:
+        compute = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        compute = {}
+    attempts = compute.get("attempts", [])
+    attempts.append({"wall_s": round(wall_s, 2), "samples": result.samples_seen if result else None,
+                     "steps_to": result.step if result else None,
+                     "resumed_from": result.resumed_from if result else None,
+                     "slurm_job": os.environ.get("SLURM_JOB_ID")})
+    wall_total = sum(a["wall_s"] for a in attempts)
+    device_hours = wall_total * info.world_size / 3600.0
+    compute.update({
+        "attempts": attempts, "wall_s": round(wall_total, 2), "world_size": info.world_size,
+        "device": info.device.type, "gpu_hours" if info.device.type == "cuda" else "cpu_hours": round(device_hours, 5),
+        "samples_seen": cfg.steps * cfg.data.batch_size * info.world_size,
+        "samples_per_s": result.samples_per_s if result else compute.get("samples_per_s"),
+        "encoder_parameters": n_encoder, "total_parameters": n_total,
+    })
+    _write_json(path, compute)
