@@ -11,6 +11,20 @@ def data_dir() -> Path:
     return DATA
 
 
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory) -> Path:
+    """The demo dataset (316 records, task ``labels``, folds 1-10) generated and ingested once per session;
+    tests must not modify it."""
+    from ecg_core.data.demo import generate_demo
+    from ecg_core.data.ingest import main as ingest_main
+
+    workdir = tmp_path_factory.mktemp("demo")
+    generate_demo(workdir / "wfdb", seed=0)
+    store = workdir / "demo.zarr"
+    assert ingest_main(["--format", "wfdb", "--input", str(workdir / "wfdb"), "--output", str(store), "--quiet"]) == 0
+    return store
+
+
 def pytest_sessionfinish(session, exitstatus):
     """In CI (CI_FAIL_ON_SKIP=1) a skipped test fails the run: required parts must really run."""
     import os
