@@ -342,6 +342,12 @@ def _launch(plan: Plan, retry_failed: bool) -> int:
         blocked: set[str] = set()
         if retry_failed:
             todo = {k for k, s in states.items() if s != "DONE" and s not in ACTIVE_STATES}
+            # an aggregate that already reported the failures reports again once they are retried
+            stale = {k for k in plan.dependents(todo) if states[k] == "DONE" and plan.job(k).kind == "aggregate"}
+            for key in stale:
+                (plan.job(key).run_dir / "DONE").unlink()
+                states[key] = "NOT_SUBMITTED"
+            todo |= stale
         else:
             todo = {k for k, s in states.items() if s in ("NOT_SUBMITTED", "SKIPPED")}
             blocked = plan.dependents(failed) - failed
@@ -382,6 +388,8 @@ def _submit(plan: Plan, manifest: Manifest, todo: set[str], states: dict[str, st
     executors: dict[tuple[str, Any], Any] = {}
     for (kind, cell, resources), jobs in sorted(groups.items(), key=lambda g: order[g[0][0]]):
         after_keys = sorted({d for job in jobs for d in job.depends_on if states.get(d) != "DONE"})
+        if jobs[0].dependency == "afterany":   # ended, failed or never submitted: nothing to wait for
+            after_keys = [d for d in after_keys if d in refs]
         missing = [d for d in after_keys if d not in refs]
         if missing:
             for job in jobs:

@@ -336,7 +336,8 @@ def _eval_bases(grid: Grid) -> None:
     ev = grid.evaluation
     src = str(grid.path)
     for proto in ev.protocols:
-        layers = [(f"{src}: evaluation.common", _nested(ev.common)),
+        layers = [("planner", {"pretrain_dir": "(set by the planner)"}),
+                  (f"{src}: evaluation.common", _nested(ev.common)),
                   (f"{src}: evaluation.{proto}", _nested(getattr(ev, proto)))]
         try:
             base = from_dict(EvalConfig, layers)
