@@ -246,11 +246,16 @@ def shard_model(model: nn.Module, blocks: list[nn.Module], mesh: Any = None,
         device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
         mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     kwargs: dict[str, Any] = {"mesh": mesh}
+    root_kwargs: dict[str, Any] = {"mesh": mesh}
     if mixed_precision and mesh.device_type == "cuda":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        # The root receives the raw batch: keep it fp32 there so that data augmentations (which run in the
+        # method's forward, before the blocks) see full-precision signals; each block casts its own input.
+        root_kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                                        cast_forward_inputs=False)
     for block in blocks:
         fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
+    fully_shard(model, **root_kwargs)
     return model
 
 

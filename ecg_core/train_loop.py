@@ -195,8 +195,10 @@ def train(
                 window_t, window_samples = now, 0
             bar.update(1)
             if step % checkpoint_every == 0 or step == total_steps:
+                saving = time.perf_counter()
                 last_ckpt = save(step)
                 saved_step = step
+                window_t += time.perf_counter() - saving   # throughput counts training time, not saving
     finally:
         bar.close()
         close = getattr(iterator, "close", None)

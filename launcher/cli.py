@@ -444,7 +444,7 @@ def _finish(plan: Plan, manifest: Manifest, submitted: dict[str, Any], local: bo
     failures = 0
     for key, handle in submitted.items():
         try:
-            handle.result()
+            handle.results()
         except Exception as exc:   # the job's exception, as submitit re-raises it
             failures += 1
             last = [line for line in str(exc).strip().splitlines() if line.strip()]

@@ -436,8 +436,8 @@ def _validate_cells(grid: Grid) -> None:
             cfg = grid.pretrain_config(cell)
         except ConfigError as exc:
             raise GridError(src, f"cells[{cell.index}] ({cell.cell_id}): {exc.key}", exc.reason) from None
-        for check in (validate_method, validate_encoder):
-            try:
-                check(cfg.method if check is validate_method else cfg.encoder)
-            except ConfigError as exc:
-                raise GridError(src, f"cells[{cell.index}] ({cell.cell_id}): {exc.key}", exc.reason) from None
+        try:
+            validate_method(cfg.method, window=cfg.data.window)
+            validate_encoder(cfg.encoder)
+        except ConfigError as exc:
+            raise GridError(src, f"cells[{cell.index}] ({cell.cell_id}): {exc.key}", exc.reason) from None

@@ -61,7 +61,8 @@ def test_ids_are_stable_and_follow_values_not_order_or_clock(tmp_path):
     assert [c.overrides() for c in g1.cells] == [
         {"optim.lr": lr, "seed": s} for lr, s in itertools.product([0.1, 0.01], [1, 2])]
     # a different grid-wide value changes every id; the same cell in a bigger grid keeps its id
-    g3 = load_grid(write_grid(tmp_path, BASE.replace("steps: 10", "steps: 11") + "axes:\n  optim.lr: [0.1]\n  seed: [1]\n"))
+    changed = BASE.replace("steps: 10", "steps: 11")
+    g3 = load_grid(write_grid(tmp_path, changed + "axes:\n  optim.lr: [0.1]\n  seed: [1]\n"))
     assert g3.cells[0].cell_id not in {c.cell_id for c in g1.cells}
     g4 = load_grid(write_grid(tmp_path, BASE + "axes:\n  optim.lr: [0.1]\n  seed: [1]\n"))
     assert g4.cells[0].cell_id == g1.cells[0].cell_id

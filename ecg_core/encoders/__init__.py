@@ -1,0 +1,86 @@
+"""Encoders: name -> builder, each mapping an ECG batch ``x_BLT`` to a representation ``z_BD``.
+
+Every builder is called as ``ENCODERS[name](in_leads=12, **params)`` and returns an ``nn.Module`` with
+
+- ``forward(x_BLT) -> z_BD`` (float32 input in mV or normalised; any length the network can pool),
+- ``out_dim: int`` (``D``),
+- ``blocks() -> list[nn.Module]``: the sub-modules to shard individually with FSDP2 ``fully_shard``
+  before the root (:func:`ecg_core.distributed.shard_model`); none of them returns a view of its input.
+
+The registry is a plain dict (DESIGN.md practice 2): no decorators, nothing registers at import.
+A grid/recipe names an encoder as ``encoder: {name: xresnet1d50, params: {base_width: 32}}``
+(:class:`jobs.config.EncoderConfig`); :func:`validate_encoder` checks it at ``--dry-run`` time and
+:func:`build_encoder` builds it.
+
+Shapes: ``B`` batch, ``L`` leads, ``T`` time, ``D`` representation features.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from ecg_core.config import ConfigError
+from ecg_core.encoders.xresnet1d import xresnet1d18, xresnet1d34, xresnet1d50, xresnet1d50_seed, xresnet1d101
+
+__all__ = ["ENCODERS", "build_encoder", "count_parameters", "validate_encoder"]
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {
+    "xresnet1d18": xresnet1d18,
+    "xresnet1d34": xresnet1d34,
+    "xresnet1d50": xresnet1d50,
+    "xresnet1d101": xresnet1d101,
+    "xresnet1d50_seed": xresnet1d50_seed,
+}
+"""Encoder name -> builder ``(in_leads=12, **params) -> nn.Module`` (see the module docstring)."""
+
+_SOURCE = "encoder registry"   # ConfigError source: these checks see the merged config, not one file
+
+
+def validate_encoder(cfg: Any, key_prefix: str = "encoder", in_leads: int = 12) -> None:
+    """Check that ``cfg.name`` is an encoder and ``cfg.params`` builds it, without keeping the model.
+
+    Raises:
+        ConfigError: ``<key_prefix>.name`` for an unknown name (listing the known ones),
+            ``<key_prefix>.params.<key>`` for a parameter the builder does not accept or a value it
+            rejects, ``<key_prefix>.params`` when no single key is to blame.
+    """
+    name, params = cfg.name, dict(cfg.params or {})
+    if name not in ENCODERS:
+        raise ConfigError(_SOURCE, f"{key_prefix}.name",
+                          f"unknown encoder {name!r}; known: {', '.join(sorted(ENCODERS))}")
+    builder = ENCODERS[name]
+    signature = inspect.signature(builder)
+    accepted = [p for p in signature.parameters if p != "in_leads"]
+    for key in params:
+        if key == "in_leads" or key not in signature.parameters:
+            raise ConfigError(_SOURCE, f"{key_prefix}.params.{key}",
+                              f"{name} takes no parameter {key!r}; it takes: {', '.join(accepted)}")
+    try:
+        signature.bind(in_leads=in_leads, **params)
+    except TypeError as exc:
+        raise ConfigError(_SOURCE, f"{key_prefix}.params", f"{name}: {exc}") from None
+    # Build once on the meta device: no memory, no compute, but every value check of the builder runs.
+    import torch
+
+    try:
+        with torch.device("meta"):
+            builder(in_leads=in_leads, **params)
+    except (TypeError, ValueError) as exc:
+        # Builders name the offending argument first in their messages ("base_width must be ...").
+        bad = next((k for k in params if str(exc).startswith(k)), None)
+        key = f"{key_prefix}.params.{bad}" if bad else f"{key_prefix}.params"
+        raise ConfigError(_SOURCE, key, f"{name}: {exc}") from None
+
+
+def build_encoder(cfg: Any, in_leads: int = 12) -> nn.Module:
+    """``ENCODERS[cfg.name](in_leads=in_leads, **cfg.params)``, after :func:`validate_encoder`."""
+    validate_encoder(cfg, in_leads=in_leads)
+    return ENCODERS[cfg.name](in_leads=in_leads, **dict(cfg.params or {}))
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameter elements (trainable or not; FSDP2-sharded DTensors count their global size)."""
+    return sum(p.numel() for p in module.parameters())

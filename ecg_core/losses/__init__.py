@@ -1,0 +1,5 @@
+"""Self-supervised losses shared by the methods of :mod:`ecg_core.methods` (each tested against a naive
+reference formula in ``tests/ecg_core/test_losses.py``)."""
+from ecg_core.losses.ntxent import nt_xent
+
+__all__ = ["nt_xent"]

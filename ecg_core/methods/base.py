@@ -1,0 +1,87 @@
+"""The Method protocol every self-supervised method implements (DESIGN.md, "Interfaces to keep stable").
+
+A method is an ``nn.Module`` holding ``encoder`` (what evaluation exports: state keys ``encoder.*``) and
+whatever else it trains (projector, predictor, teacher ...). The pretraining job builds it with
+:func:`ecg_core.methods.build_method`, shards ``fsdp_blocks()`` and then the method itself with FSDP2,
+and runs :func:`ecg_core.train_loop.train` with ``training_step`` as the step function and
+``after_optimizer_step`` as the after-step hook.
+
+Randomness: the augmentations of step ``s`` on rank ``r`` come from a generator seeded with a hash of
+``(generator_seed, r, s)`` (:meth:`Method.step_generator`), created afresh at every step. A resumed run
+therefore draws exactly the augmentations an uninterrupted one would have, with nothing to save in the
+checkpoint, and ranks draw different ones.
+
+Shapes: ``B`` batch, ``L`` leads, ``T`` time.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ecg_core import distributed as D
+
+__all__ = ["Method", "step_seed"]
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed mixing ``(seed, rank, step)`` (numpy's SeedSequence hash: nearby inputs give
+    unrelated streams, unlike ``seed + step``, which would make step 1 of seed 0 replay step 0 of seed 1)."""
+    entropy = [int(seed) & 0xFFFFFFFFFFFFFFFF, int(rank), int(step)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class Method(nn.Module):
+    """Base class of the SSL methods of :data:`ecg_core.methods.METHODS`.
+
+    Subclasses set ``Config`` (their hyper-parameter dataclass, filled from ``method.params``) and
+    implement :meth:`forward`; they may override :meth:`check_config`, :meth:`after_optimizer_step` and
+    :meth:`fsdp_blocks`.
+
+    Args:
+        cfg: an instance of ``Config``.
+        encoder: a module of :data:`ecg_core.encoders.ENCODERS` (``x_BLT -> z_BD``, ``out_dim``, ``blocks()``).
+        window: samples per training window (the loader's ``data.window``).
+        generator_seed: base seed of the per-step augmentation generators.
+    """
+
+    Config: ClassVar[type]
+
+    def __init__(self, cfg: Any, encoder: nn.Module, *, window: int, generator_seed: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder
+        self.window = int(window)
+        self.generator_seed = int(generator_seed)
+
+    @classmethod
+    def check_config(cls, cfg: Any, key_prefix: str = "method.params", window: int | None = None) -> None:
+        """Value checks beyond types (``cfg`` is already a ``Config``); raise ``ConfigError`` naming
+        ``<key_prefix>.<field>``. ``window`` is the training window when known."""
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """Loss (key ``loss``) and other scalars to log for one batch of the loader.
+
+        Goes through ``self(...)``, i.e. ``nn.Module.__call__``, and not straight to :meth:`forward`:
+        FSDP2 gathers the root's own parameters and sets up gradient reduction in hooks of the root's
+        ``__call__``, which a direct method call would bypass.
+        """
+        return self(batch, step)
+
+    def forward(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Called after each optimizer step (EMA/teacher/prototype updates); nothing by default."""
+
+    def fsdp_blocks(self) -> list[nn.Module]:
+        """Modules to ``fully_shard`` individually before the method itself: the encoder's blocks by default."""
+        return list(self.encoder.blocks())
+
+    def step_generator(self, step: int, device: torch.device) -> torch.Generator:
+        """The augmentation generator of ``step`` on this rank, on ``device`` (CPU or CUDA)."""
+        generator = torch.Generator(device=device)
+        generator.manual_seed(step_seed(self.generator_seed, D.get_rank(), step))
+        return generator

@@ -1,0 +1,160 @@
+"""SimCLR and the Method registry: config validation, the recipe, CPU training steps (plain and FSDP2),
+augmentations that depend only on (seed, rank, step).
+
+Shapes: ``B`` batch, ``L`` leads, ``T`` time.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.tensor import DTensor
+
+from ecg_core import distributed as D
+from ecg_core.config import ConfigError, load_config
+from ecg_core.encoders import count_parameters
+from ecg_core.methods import METHODS, Method, build_method, step_seed, validate_method
+from ecg_core.methods.simclr import SimCLR, SimCLRConfig
+from jobs.config import MethodConfig, PretrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "experiments" / "simclr.yaml"
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+B, T = 6, 128
+TINY = ["encoder.params.base_width=8", f"data.window={T}"]
+
+
+def tiny_config(*overrides: str) -> PretrainConfig:
+    return load_config(PretrainConfig, [RECIPE], [*TINY, *overrides])
+
+
+def batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    """What WindowLoader yields (only ``x`` is used by SimCLR)."""
+    g = torch.Generator().manual_seed(seed)
+    return {"x": torch.randn(B, 12, T, generator=g), "lead_mask": torch.ones(B, 12, dtype=torch.bool),
+            "store": torch.zeros(B, dtype=torch.int64), "record": torch.arange(B), "start": torch.zeros(B)}
+
+
+@pytest.fixture
+def one_rank_group(monkeypatch):
+    for name in DIST_ENV:
+        monkeypatch.delenv(name, raising=False)
+    info = D.init_distributed(prefer_cuda=False)
+    yield info
+    D.teardown()
+
+
+def test_registry():
+    assert METHODS["simclr"] is SimCLR and issubclass(SimCLR, Method) and SimCLR.Config is SimCLRConfig
+
+
+def test_recipe_builds_the_documented_method():
+    cfg = load_config(PretrainConfig, [RECIPE])
+    # The recipe spells out the method's defaults (the seed's values), so the two cannot drift apart.
+    assert validate_method(cfg.method) == SimCLRConfig()
+    assert cfg.method.params == dataclasses.asdict(SimCLRConfig())
+    assert cfg.encoder.name == "xresnet1d50" and cfg.data.window == 2500
+    method = build_method(cfg, generator_seed=0)
+    assert isinstance(method, SimCLR)
+    assert method.encoder.out_dim == 2048 and count_parameters(method.encoder) == 18_486_144
+    assert [type(t).__name__ for t in method.augment.transforms] == ["RandomResizedCrop", "TimeOut"]
+
+
+@pytest.mark.parametrize("params, key", [
+    ({"tempreature": 0.1}, "method.params.tempreature"),
+    ({"temperature": "warm"}, "method.params.temperature"),
+    ({"temperature": -1.0}, "method.params.temperature"),
+    ({"projection_dim": 0}, "method.params.projection_dim"),
+    ({"projection_dim": 2.5}, "method.params.projection_dim"),
+    ({"augmentations": "time_out"}, "method.params.augmentations"),
+    ({"augmentations": [{"name": "time_out"}, {"name": "mixup"}]}, "method.params.augmentations[1].name"),
+    ({"augmentations": [{"name": "time_out", "ratio": 0.2}]}, "method.params.augmentations[0].ratio"),
+])
+def test_invalid_params_name_the_key(params, key):
+    with pytest.raises(ConfigError) as info:
+        validate_method(MethodConfig(name="simclr", params=params))
+    assert info.value.key == key
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(ConfigError) as info:
+        validate_method(MethodConfig(name="simsiam"))
+    assert info.value.key == "method.name" and "simclr" in info.value.reason
+
+
+def test_augmentations_must_fit_the_window():
+    with pytest.raises(ConfigError) as info:
+        build_method(tiny_config("data.window=48", "method.params.augmentations=[{name: dynamic_time_warp}]"), 0)
+    assert info.value.key == "method.params.augmentations[0]"
+
+
+def test_state_and_fsdp_blocks():
+    method = build_method(tiny_config(), generator_seed=0)
+    keys = list(method.state_dict())
+    assert any(k.startswith("encoder.") for k in keys)
+    assert all(k.startswith(("encoder.", "projector.")) for k in keys)
+    blocks = method.fsdp_blocks()
+    assert method.projector in blocks
+    in_blocks = {id(p) for b in blocks for p in b.parameters()}
+    assert in_blocks == {id(p) for p in method.parameters()}
+
+
+def test_step_seed_mixes_seed_rank_and_step():
+    seeds = {step_seed(s, r, k) for s in range(3) for r in range(3) for k in range(3)}
+    assert len(seeds) == 27 and all(0 <= s < 2**63 for s in seeds)
+    assert step_seed(5, 1, 9) == step_seed(5, 1, 9)
+
+
+def _train(method: Method, steps: int, lr: float = 1e-2) -> list[float]:
+    optimizer = torch.optim.AdamW(method.parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        out = method.training_step(batch(step), step)
+        assert set(out) == {"loss", "positive_similarity"} and all(v.shape == () for v in out.values())
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        method.after_optimizer_step(step)
+        losses.append(out["loss"].item())
+    return losses
+
+
+def test_two_cpu_steps_give_a_finite_changing_loss():
+    torch.manual_seed(0)
+    method = build_method(tiny_config(), generator_seed=0)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    losses = _train(method, 2)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[0] != losses[1]
+    # A random encoder already separates most pairs; the loss is below the uniform-guess log(2B - 1).
+    assert 0 < losses[0] < torch.log(torch.tensor(2.0 * B - 1)).item() + 0.5
+    after = method.state_dict()
+    assert not torch.equal(before["encoder.stem.0.0.weight"], after["encoder.stem.0.0.weight"])
+    assert not torch.equal(before["projector.net.0.weight"], after["projector.net.0.weight"])
+
+
+def test_augmentations_depend_only_on_seed_and_step():
+    torch.manual_seed(0)
+    method = build_method(tiny_config(), generator_seed=3)
+    torch.manual_seed(1)
+    first = method.training_step(batch(), 5)["loss"]
+    torch.manual_seed(2)                     # global RNG state must not matter
+    again = method.training_step(batch(), 5)["loss"]
+    assert torch.equal(first, again)         # same step: same views (BatchNorm uses batch statistics)
+    assert not torch.equal(first, method.training_step(batch(), 6)["loss"])
+    method.generator_seed = 4
+    assert not torch.equal(first, method.training_step(batch(), 5)["loss"])
+
+
+def test_fsdp2_sharded_steps_match_the_plain_module(one_rank_group):
+    """The pretraining job's path: shard fsdp_blocks() then the method, step through training_step."""
+    cfg = tiny_config("encoder.name=xresnet1d18")   # fewer layers: 4 steps on 2 cores stay quick
+    torch.manual_seed(0)
+    plain = build_method(cfg, generator_seed=0)
+    torch.manual_seed(0)
+    sharded = build_method(cfg, generator_seed=0)
+    D.shard_model(sharded, sharded.fsdp_blocks())
+    assert all(isinstance(p, DTensor) for p in sharded.parameters())
+    expected, got = _train(plain, 2), _train(sharded, 2)
+    assert got == pytest.approx(expected, rel=1e-5)
