@@ -21,14 +21,13 @@ from pathlib import Path
 import torch
 
 from ecg_core import distributed as D
-from ecg_core.checkpoint import _write_json
 from ecg_core.config import to_yaml
 from ecg_core.data.loader import WindowLoader
 from ecg_core.encoders import count_parameters
 from ecg_core.methods import build_method
 from ecg_core.preemption import Preempted
 from ecg_core.schedules import lr_at
-from ecg_core.tracking import Tracker
+from ecg_core.tracking import Tracker, write_json_atomic
 from ecg_core.train_loop import train
 from jobs.config import PretrainConfig
 
@@ -106,4 +105,4 @@ def _account(run_dir: Path, info: D.DistInfo, wall_s: float, result, n_encoder: 
         "samples_per_s": result.samples_per_s if result else compute.get("samples_per_s"),
         "encoder_parameters": n_encoder, "total_parameters": n_total,
     })
-    _write_json(path, compute)
+    write_json_atomic(path, compute)
