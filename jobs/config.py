@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ecg_core.data.loader import DataConfig
+from ecg_core.data.config import DataConfig
 
 __all__ = [
     "AggregateConfig",

@@ -138,11 +138,11 @@ def _resources_text(plan: Plan, job: JobSpec) -> str:
     return text + (f" mem={p.mem_gb:g}G" if p.mem_gb else "")
 
 
-def _rel(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+def _rel(path: Path | str, _cwd: list[str] = []) -> str:   # noqa: B006 - a cache of the working directory
+    if not _cwd:
+        _cwd.append(str(Path.cwd()) + "/")
+    text = str(path)
+    return text[len(_cwd[0]):] if text.startswith(_cwd[0]) else text
 
 
 def _dry_run(plan: Plan) -> int:
@@ -155,7 +155,7 @@ def _dry_run(plan: Plan) -> int:
             res_cache[key] = _resources_text(plan, job)
         deps = f"{len(job.depends_on)} jobs ({job.dependency})" if len(job.depends_on) > 3 else \
             (",".join(job.depends_on) or "-")
-        lines.append(f"{job.kind:<12} {job.cell_id or AGGREGATE_KEY:<34} {_rel(job.run_dir)}  after: {deps}  "
+        lines.append(f"{job.kind:<12} {job.cell_id or AGGREGATE_KEY:<34} {_rel(job.run_dir_text)}  after: {deps}  "
                      f"[{res_cache[key]}]")
     out.write("\n".join(lines) + "\n")
     counts = Counter(job.kind for job in plan.jobs)
@@ -186,11 +186,8 @@ def _print_parameter_counts(plan: Plan, limit: int = 20) -> None:
 
 
 def _array_count(plan: Plan, jobs: Sequence[JobSpec]) -> int:
-    """sbatch calls needed for ``jobs``: one pretraining array, one array per (cell, evaluation kind), one
-    aggregate."""
-    groups = {(job.kind, job.cell_id if job.kind not in ("pretrain", "aggregate") else "", job.resources)
-              for job in jobs}
-    return len(groups)
+    """sbatch calls a fresh launch of ``jobs`` makes (see :func:`_groups`)."""
+    return len(_groups(plan, {job.key for job in jobs}, plan.profile.is_slurm))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -370,32 +367,71 @@ def _launch(plan: Plan, retry_failed: bool) -> int:
         return _finish(plan, manifest, submitted, local=profile.executor == "local")
 
 
+Group = tuple[str, str, tuple[tuple[str, Any], ...], list[JobSpec], str]
+
+
+def _groups(plan: Plan, todo: set[str], slurm: bool) -> list[Group]:
+    """The sbatch calls (job arrays) for the ``todo`` jobs, in dependency order:
+    ``(kind, label, resources, jobs, dependency)``.
+
+    On SLURM, when the pretraining jobs go out as one array, each evaluation setting (kind, task, fraction,
+    seed) becomes one array over the same cells in the same order, held with ``aftercorr``: its task *i*
+    starts when pretraining task *i* succeeded (SLURM pairs array indices). The number of sbatch calls then
+    depends on the evaluation protocol, not on the number of cells. Otherwise (some pretrainings already
+    done or queued from an earlier launch, or the local executor) evaluations go out per cell and kind with
+    ``afterok`` on that cell's pretraining.
+    """
+    out: list[Group] = []
+    pre_by_res: dict[Any, list[JobSpec]] = defaultdict(list)
+    for job in plan.jobs:
+        if job.key in todo and job.kind == "pretrain":
+            pre_by_res[job.resources].append(job)
+    for res, jobs in pre_by_res.items():
+        out.append(("pretrain", "", res, jobs, "afterok"))
+    pre_jobs = next(iter(pre_by_res.values()), [])
+    array_cells = [j.cell_id for j in pre_jobs] if slurm and len(pre_by_res) == 1 and len(pre_jobs) >= 2 else []
+    combos: dict[Any, list[JobSpec]] = defaultdict(list)
+    for job in plan.jobs:
+        if job.key in todo and job.kind in ("linear_eval", "finetune"):
+            combos[(job.kind, job.stage, job.resources)].append(job)
+    per_cell: dict[Any, list[JobSpec]] = defaultdict(list)
+    for (kind, stage, res), jobs in combos.items():
+        if array_cells and [j.cell_id for j in jobs] == array_cells:
+            out.append((kind, stage, res, jobs, "aftercorr"))
+        else:
+            for job in jobs:
+                per_cell[(job.cell_id, job.kind, job.resources)].append(job)
+    for (cell, kind, res), jobs in per_cell.items():
+        out.append((kind, cell, res, jobs, "afterok"))
+    agg = [job for job in plan.jobs if job.key in todo and job.kind == "aggregate"]
+    if agg:
+        out.append(("aggregate", "", agg[0].resources, agg, "afterany"))
+    return out
+
+
 def _submit(plan: Plan, manifest: Manifest, todo: set[str], states: dict[str, str], S: Any) -> dict[str, Any]:
-    """Submit the ``todo`` jobs stage by stage; record each sbatch's jobs in the manifest at once."""
+    """Submit the ``todo`` jobs array by array (:func:`_groups`); record each sbatch's jobs in the manifest
+    as soon as sbatch returns."""
     profile = plan.profile
     refs: dict[str, Any] = {}   # key -> submitit Job (this launch) or scheduler id (earlier launches)
     for job in plan.jobs:
         if states.get(job.key) in ACTIVE_STATES:
             refs[job.key] = str((manifest.entry(job.key) or {}).get("job_id"))
-    # groups in dependency order: pretrain array; per cell and kind evaluation arrays; aggregate
-    groups: dict[tuple[str, str, Any], list[JobSpec]] = defaultdict(list)
-    for job in plan.jobs:
-        if job.key in todo:
-            cell = job.cell_id if job.kind in ("linear_eval", "finetune") else ""
-            groups[(job.kind, cell, job.resources)].append(job)
-    order = {"pretrain": 0, "linear_eval": 1, "finetune": 1, "aggregate": 2}
     folder = plan.grid_dir / "logs" / "%j"
     executors: dict[tuple[str, Any], Any] = {}
-    for (kind, cell, resources), jobs in sorted(groups.items(), key=lambda g: order[g[0][0]]):
-        after_keys = sorted({d for job in jobs for d in job.depends_on if states.get(d) != "DONE"})
-        if jobs[0].dependency == "afterany":   # ended, failed or never submitted: nothing to wait for
+    for kind, label, resources, jobs, dependency in _groups(plan, todo, profile.is_slurm):
+        if dependency == "aftercorr":
+            after_keys = [job.depends_on[0] for job in jobs]    # pretraining task i for evaluation task i
+        else:
+            after_keys = sorted({d for job in jobs for d in job.depends_on if states.get(d) != "DONE"})
+        if dependency == "afterany":   # ended, failed or never submitted: nothing to wait for
             after_keys = [d for d in after_keys if d in refs]
         missing = [d for d in after_keys if d not in refs]
         if missing:
             for job in jobs:
                 manifest.note(job.key, skipped=f"depends on {missing[0]}, which was not submitted")
-            log.warning("not submitting %d %s job(s) of %s: %s was not submitted", len(jobs), kind, cell or "the grid",
-                        missing[0])
+            log.warning("not submitting %d %s job(s) of %s: %s was not submitted", len(jobs), kind,
+                        label or "the grid", missing[0])
             continue
         res = dict(resources)
         if (kind, resources) not in executors:
@@ -404,14 +440,13 @@ def _submit(plan: Plan, manifest: Manifest, todo: set[str], states: dict[str, st
         for job in jobs:
             _write_config(plan, job)
         cpus = res.get("cpus_per_task", profile.cpus_per_task)
-        dependency = jobs[0].dependency
         try:
             handles = S.submit_array(executor, JobRunner(kind, cpus), [(str(j.run_dir),) for j in jobs],
                                      after=[refs[k] for k in after_keys], dependency=dependency)
         except S.DependencyFailedError as exc:
             for job in jobs:
                 manifest.note(job.key, skipped=str(exc))
-            log.warning("%s %s: not submitted: %s", kind, cell or "", exc)
+            log.warning("%s %s: not submitted: %s", kind, label, exc)
             continue
         except S.FailedJobError as exc:
             manifest.save()
@@ -419,10 +454,11 @@ def _submit(plan: Plan, manifest: Manifest, todo: set[str], states: dict[str, st
                                   f"(jobs submitted before are recorded in {manifest.path}):\n{exc}") from exc
         for job, handle in zip(jobs, handles):
             refs[job.key] = handle
-            manifest.record(job.key, kind=job.kind, run_dir=str(job.run_dir), job_id=str(handle.job_id),
+            manifest.record(job.key, save=False, kind=job.kind, run_dir=str(job.run_dir), job_id=str(handle.job_id),
                             executor=profile.executor, stdout=str(handle.paths.stdout),
                             stderr=str(handle.paths.stderr), skipped=None, cancelled=None)
-        log.info("submitted %d %s job(s)%s: %s", len(jobs), kind, f" of {cell}" if cell else "",
+        manifest.save()
+        log.info("submitted %d %s job(s)%s: %s", len(jobs), kind, f" ({label})" if label else "",
                  _id_range([str(h.job_id) for h in handles]))
     return {k: v for k, v in refs.items() if not isinstance(v, str)}
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ecg_core.config import ConfigError, config_hash, from_dict, load_config, nest_dotted
 from jobs.config import EvalConfig, PretrainConfig, TrackingConfig
@@ -405,6 +406,37 @@ def expand(grid: Grid) -> list[Cell]:
 # ----------------------------------------------------------------------------------------------------
 
 
+def _assignable(node: DictConfig, key: str, value: Any) -> bool:
+    """Fast check that ``key = value`` is valid in the typed config ``node`` (assign, then restore).
+
+    OmegaConf validates an assignment against the dataclass schema in ~50 us, 200x faster than building
+    a config; a False answer (or anything unusual) sends the caller to the exact path, so this can only
+    save time, never accept what :func:`ecg_core.config.from_dict` would refuse for a scalar key.
+    """
+    if isinstance(value, (dict, list)):
+        return False
+    parts = key.split(".")
+    parent: Any = node
+    for part in parts[:-1]:
+        if not isinstance(parent, DictConfig) or part not in parent:
+            return False
+        parent = parent._get_node(part)
+    leaf = parts[-1]
+    if not isinstance(parent, DictConfig) or leaf not in parent or OmegaConf.is_missing(parent, leaf):
+        return False
+    old = parent._get_node(leaf)
+    if isinstance(old, (DictConfig, ListConfig)) or OmegaConf.is_interpolation(parent, leaf):
+        return False
+    original = old._value()
+    try:
+        parent[leaf] = value
+    except Exception:   # noqa: BLE001 - any refusal means: ask the exact path
+        return False
+    finally:
+        parent[leaf] = original
+    return True
+
+
 def _validate_cells(grid: Grid) -> None:
     """Every key/value of every cell against the typed config, every method/encoder combination once."""
     from ecg_core.encoders import validate_encoder
@@ -415,6 +447,7 @@ def _validate_cells(grid: Grid) -> None:
         raise GridError(src, "axes", "the grid has no cells (every combination was excluded)")
     checked: set[tuple[str, str, str]] = set()
     combos: dict[str, Cell] = {}
+    probes = {name: OmegaConf.structured(cfg) for name, cfg in grid.recipe_configs.items()}
     for cell in grid.cells:
         base = grid.recipe_configs[cell.recipe]
         for key, value in {**grid.overrides, **cell.overrides()}.items():
@@ -422,7 +455,9 @@ def _validate_cells(grid: Grid) -> None:
             if token in checked:
                 continue
             checked.add(token)
-            try:
+            if _assignable(probes[cell.recipe], key, value):
+                continue
+            try:   # the slow, exact path: also what produces the error message
                 from_dict(PretrainConfig, [(src, nest_dotted({key: value}))], base=base)
             except ConfigError as exc:
                 own = key in dict(cell.values)

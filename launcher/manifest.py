@@ -94,8 +94,9 @@ class Manifest:
     def set_meta(self, **meta: Any) -> None:
         self.data.update(meta)
 
-    def record(self, key: str, **fields: Any) -> None:
-        """Record a submission of ``key`` (keeps earlier job ids in ``previous``) and save at once."""
+    def record(self, key: str, *, save: bool = True, **fields: Any) -> None:
+        """Record a submission of ``key`` (keeps earlier job ids in ``previous``) and save (unless ``save`` is
+        False: then the caller saves once for a whole array)."""
         old = self.jobs.get(key) or {}
         previous = list(old.get("previous", []))
         if old.get("job_id"):
@@ -103,7 +104,8 @@ class Manifest:
         entry = {**old, **fields, "previous": previous, "attempt": int(old.get("attempt", 0)) + 1,
                  "submitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self.jobs[key] = entry
-        self.save()
+        if save:
+            self.save()
 
     def note(self, key: str, **fields: Any) -> None:
         """Update fields of ``key`` without counting a submission (e.g. a skip reason) and save."""

@@ -149,20 +149,25 @@ def submit_array(
 
     ``dependency="afterany"`` holds the array until every job in ``after`` has ended, whatever its state
     (the aggregate job, which reports failed evaluations as failed); nothing is refused then.
+    ``dependency="aftercorr"``: ``after`` holds the tasks ``0..n-1`` of one job array, in order, one per job
+    of this array: task *i* here starts when task *i* there succeeded (and is cancelled if it failed).
+    The local executor waits for all of them first, as for ``afterok``.
 
     Raises:
         DependencyFailedError: a job in ``after`` already failed (nothing was submitted).
         FailedJobError: sbatch refused the submission (its message is kept).
     """
-    if dependency not in ("afterok", "afterany"):
-        raise ValueError(f"dependency must be afterok or afterany, got {dependency!r}")
+    if dependency not in ("afterok", "afterany", "aftercorr"):
+        raise ValueError(f"dependency must be afterok, afterany or aftercorr, got {dependency!r}")
     if not args_list:
         return []
     if executor.cluster == "local":
-        _wait_for_local(after, strict=dependency == "afterok")
+        _wait_for_local(after, strict=dependency != "afterany")
         return _submit_batch(executor, fn, args_list)
     if not after:
         return _submit_batch(executor, fn, args_list)
+    if dependency == "aftercorr":
+        return _submit_with_dependency(executor, fn, args_list, "aftercorr", [_array_of(after, len(args_list))])
     states = job_states(_job_id(ref) for ref in after)
     if dependency == "afterany":
         return _submit_with_dependency(executor, fn, args_list, "afterany", [
@@ -282,6 +287,16 @@ def _submit_batch(executor: submitit.AutoExecutor, fn: Callable[..., Any],
     with executor.batch():
         jobs = [executor.submit(fn, *args) for args in args_list]
     return jobs
+
+
+def _array_of(after: Sequence[JobRef], n: int) -> str:
+    """The array id of ``after`` = tasks 0..n-1 of one array in order (what ``aftercorr`` pairs with)."""
+    ids = [_job_id(ref) for ref in after]
+    arrays = {job_id.split("_")[0] for job_id in ids}
+    expected = [f"{next(iter(arrays))}_{i}" for i in range(n)] if len(arrays) == 1 else []
+    if ids != expected:
+        raise ValueError(f"aftercorr needs tasks 0..{n - 1} of one job array in order, got {ids[:4]}...")
+    return ids[0].split("_")[0]
 
 
 def _job_id(ref: JobRef) -> str:

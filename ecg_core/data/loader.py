@@ -36,43 +36,18 @@ import sys
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ecg_core.data.config import DataConfig, StoreSource
 from ecg_core.data.store import EcgStore, open_store
 
 NORMALIZATIONS = ("none", "per_lead")
 READER_THREADS = 2   # background reader threads when num_workers == 0
-
-
-@dataclass
-class StoreSource:
-    """One store of the training mixture."""
-
-    path: str = "???"
-    weight: float = 1.0               # relative share of the windows drawn from this store
-    folds: list[int] = field(default_factory=list)   # only records of these folds (empty: all records)
-
-
-@dataclass
-class DataConfig:
-    """What a training job reads. Window length and block sizes are in samples at the stores' rate."""
-
-    stores: list[StoreSource] = field(default_factory=list)
-    window: int = 2500
-    batch_size: int = 64
-    normalize: str = "none"           # "none" or "per_lead" (zero mean, unit std per lead and window)
-    windows_per_epoch: int = 0        # 0: one pass over the data (sum of eligible record lengths / window)
-    block_len: int = 524288           # samples per block (a multiple of the store's chunk length is best)
-    blocks_per_unit: int = 4          # blocks mixed in one unit (the shuffle buffer)
-    num_workers: int = 0
-    start_method: str = "fork"        # DataLoader worker start method: fork, spawn or forkserver
-    prefetch_factor: int = 2
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,9 +100,12 @@ class WindowSampler:
         if self.steps_per_epoch == 0:
             raise ValueError(f"an epoch of {total} windows gives no full batch of {cfg.batch_size} "
                              f"on each of {world_size} ranks; lower batch_size or raise windows_per_epoch")
+        data = asdict(cfg) | {"num_workers": None, "start_method": None, "prefetch_factor": None}
+        for src in data["stores"]:
+            if not src["records"]:
+                del src["records"]   # configs without a record filter keep the fingerprint they had before it
         self.fingerprint = hashlib.sha256(json.dumps({
-            "signals": [st.attrs["signal_sha256"] for st in stores], "data": asdict(cfg) | {
-                "num_workers": None, "start_method": None, "prefetch_factor": None},
+            "signals": [st.attrs["signal_sha256"] for st in stores], "data": data,
         }, sort_keys=True).encode()).hexdigest()[:16]
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -138,10 +116,18 @@ class WindowSampler:
         ok = length >= self.cfg.window
         if src.folds:
             ok &= rec["fold"].isin(src.folds).to_numpy()
+        if src.records:
+            wanted = set(map(str, src.records))
+            unknown = wanted.difference(rec["record_id"])
+            if unknown:
+                raise ValueError(f"{store.path}: {len(unknown)} of the {len(wanted)} requested records are not in "
+                                 f"the store, e.g. {sorted(unknown)[:3]}")
+            ok &= rec["record_id"].isin(wanted).to_numpy()
         idx = np.flatnonzero(ok)
         if idx.size == 0:
             raise ValueError(f"{store.path}: no record of length >= {self.cfg.window} samples"
-                             + (f" in folds {src.folds}" if src.folds else ""))
+                             + (f" in folds {src.folds}" if src.folds else "")
+                             + (f" among the {len(src.records)} requested records" if src.records else ""))
         offsets = store.offsets
         block_id = offsets[idx] // self.cfg.block_len
         blocks = []
@@ -276,6 +262,18 @@ def read_unit(store: EcgStore, unit: Unit, window: int, skip: int = 0, buffer: n
         for i, s in zip(sel, first[sel] - a):
             np.multiply(span_LT[:, s:s + window], scale, out=x_NLW[i])
     return x_NLW, np.full(n, unit.store, dtype=np.int64), record, start
+
+
+def normalize_windows(x_BLW: torch.Tensor, mode: str) -> torch.Tensor:
+    """Windows as the encoder sees them: unchanged (``"none"``) or zero mean and unit std per lead and
+    window (``"per_lead"``). Training batches and evaluation windows both go through here."""
+    if mode == "none":
+        return x_BLW
+    if mode != "per_lead":
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
+    mu = x_BLW.mean(dim=-1, keepdim=True)
+    sd = x_BLW.std(dim=-1, keepdim=True)
+    return (x_BLW - mu) / sd.clamp_min(1e-3)   # flat (missing) leads stay ~0 instead of exploding
 
 
 def _worker_init(_: int) -> None:
@@ -419,11 +417,7 @@ class WindowLoader:
         for s in np.unique(store):
             sel = store == s
             mask[sel] = self._masks[s][record[sel]]
-        x = torch.from_numpy(x_BLW)   # a view: see _prefetched for why its buffer is never reused under it
-        if self.cfg.normalize == "per_lead":
-            mu = x.mean(dim=-1, keepdim=True)
-            sd = x.std(dim=-1, keepdim=True)
-            x = (x - mu) / sd.clamp_min(1e-3)   # flat (missing) leads stay ~0 instead of exploding
+        x = normalize_windows(torch.from_numpy(x_BLW), self.cfg.normalize)   # from_numpy: a view, see _prefetched
         return {"x": x, "lead_mask": torch.from_numpy(mask), "store": torch.from_numpy(store),
                 "record": torch.from_numpy(record), "start": torch.from_numpy(start)}
 
@@ -439,4 +433,5 @@ class WindowLoader:
         return out
 
 
-__all__ = ["DataConfig", "StoreSource", "Unit", "UnitDataset", "WindowLoader", "WindowSampler", "read_unit"]
+__all__ = ["DataConfig", "StoreSource", "Unit", "UnitDataset", "WindowLoader", "WindowSampler", "normalize_windows",
+           "read_unit"]

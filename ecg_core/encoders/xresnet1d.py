@@ -143,6 +143,9 @@ class XResNet1d(nn.Module):
     def _init_weights(self) -> None:
         # He-normal convolutions (fan-in, ReLU gain) and zero biases, as fast.ai's init_cnn; BatchNorm
         # scales were set in _conv_bn (1, or 0 for the last layer of a residual branch), shifts are 0.
+        if any(p.is_meta for p in self.parameters()):
+            return   # built on the meta device to check a config: no values to initialise (and random
+            #          init of meta tensors would import torch's compiler stack, seconds of start-up)
         for m in self.modules():
             if isinstance(m, nn.Conv1d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
