@@ -108,7 +108,7 @@ class EvalConfig:
     val_folds: list[int] = field(default_factory=lambda: [9])
     test_folds: list[int] = field(default_factory=lambda: [10])
     window: int = 2500             # samples per window (the pretraining window by default)
-    test_stride: int = 1250        # sliding-window stride for per-record test predictions
+    test_stride: int = 1250        # sliding-window stride for per-record predictions (planner: window // 2)
     batch_size: int = 64
     normalize: str = "none"
     # linear probe (frozen encoder, embeddings computed once)

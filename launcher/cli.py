@@ -24,6 +24,7 @@ from launcher.manifest import Manifest, ManifestError
 from launcher.plan import AGGREGATE_KEY, JobSpec, Plan, make_plan
 from launcher.profiles import ClusterProfile, default_profile, load_profile
 from launcher.runner import JobRunner, read_done
+from launcher.submit import error_line
 
 __all__ = ["main", "job_states_of", "ACTIVE_STATES"]
 
@@ -483,8 +484,7 @@ def _finish(plan: Plan, manifest: Manifest, submitted: dict[str, Any], local: bo
             handle.results()
         except Exception as exc:   # the job's exception, as submitit re-raises it
             failures += 1
-            last = [line for line in str(exc).strip().splitlines() if line.strip()]
-            log.error("FAILED %s: %s (log: %s)", key, last[-1] if last else exc, handle.paths.stderr)
+            log.error("FAILED %s: %s (log: %s)", key, error_line(str(exc)), handle.paths.stderr)
     states = job_states_of(plan, manifest.load())
     counts = Counter(states.values())
     sys.stdout.write("jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "\n")

@@ -120,7 +120,8 @@ class Plan:
         return dataclasses.replace(
             base, protocol=protocol, pretrain_dir=str(self.job(f"{job.cell_id}/pretrain").run_dir), dataset=dataset,
             store=str(self.stores[dataset]), task=task, label_fraction=job.label_fraction, seed=job.seed,
-            window=window, normalize=base.normalize if "normalize" in explicit else pre.data.normalize,
+            window=window, test_stride=base.test_stride if "test_stride" in explicit else max(1, window // 2),
+            normalize=base.normalize if "normalize" in explicit else pre.data.normalize,
             tracking=self.tracking(job))
 
     def _eval_dataset(self) -> str:

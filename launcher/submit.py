@@ -40,6 +40,7 @@ __all__ = [
     "UncompletedJobError",
     "Checkpointable",
     "cancel",
+    "error_line",
     "export_distributed_env",
     "job_id_in_job",
     "local_job_alive",
@@ -315,12 +316,18 @@ def _wait_for_local(after: Sequence[JobRef], strict: bool = True) -> None:
         except Exception as exc:  # the job's own exception, or submitit's UncompletedJobError
             if strict:
                 raise DependencyFailedError(f"job {ref.job_id} failed: its dependents were not submitted: "
-                                            f"{_first_line(str(exc))}") from exc
+                                            f"{error_line(str(exc))}") from exc
 
 
-def _first_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else text
+def error_line(text: str) -> str:
+    """The line of a job's error text that says what went wrong: the last ``SomeError: ...`` line of its
+    traceback, else its first line."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if ":" in line and (head.endswith(("Error", "Exception", "Interrupt")) or head.endswith("Warning")):
+            return line
+    return lines[0] if lines else text
 
 
 def _first_word(state: str) -> str:

@@ -157,3 +157,19 @@ def test_data_config_loads_from_yaml_strictly(tmp_path, stores):
     f.write_text("stores:\n  - path: x.zarr\n    wieght: 2\n")
     with pytest.raises(ConfigError, match=r"data.yaml: stores\[0\].wieght: unknown key"):
         load_config(DataConfig, [f])
+
+
+def test_record_filter(stores):
+    st = open_store(stores[0])
+    ids = st.records["record_id"].tolist()
+    c = cfg(stores[:1], windows_per_epoch=80)
+    c.stores[0].records = [ids[1], ids[3]]
+    seen = {int(r) for b in WindowLoader(c).take(10) for r in b["record"]}
+    assert seen == {1, 3}
+    c.stores[0].folds = [int(st.records["fold"].iat[1])]   # both filters apply (records 1 and 3: folds 2 and 4)
+    assert {int(r) for b in WindowLoader(c).take(3) for r in b["record"]} == {1}
+    unfiltered = WindowLoader(cfg(stores[:1])).state_dict()["fingerprint"]
+    assert WindowLoader(c).state_dict()["fingerprint"] != unfiltered   # a resume cannot mix the two
+    c.stores[0].records = ["no-such-record"]
+    with pytest.raises(ValueError, match="1 of the 1 requested records are not in the store"):
+        WindowLoader(c)
