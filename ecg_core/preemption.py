@@ -27,9 +27,10 @@ _STOP = threading.Event()
 class Preempted(Exception):
     """Raised by a training loop after it saved the checkpoint of ``step`` because a stop was requested."""
 
-    def __init__(self, step: int, checkpoint: str | None = None) -> None:
+    def __init__(self, step: int, checkpoint: str | None = None, resumed_from: int | None = None) -> None:
         self.step = step
         self.checkpoint = checkpoint
+        self.resumed_from = resumed_from   # where this attempt started (None: step 0)
         where = f" (checkpoint {checkpoint})" if checkpoint else ""
         super().__init__(f"stopped at step {step} for preemption/time limit{where}")
 

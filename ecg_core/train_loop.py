@@ -166,7 +166,7 @@ def train(
                 if saved_step != step:
                     last_ckpt = save(step)
                     saved_step = step
-                raise Preempted(step, last_ckpt)
+                raise Preempted(step, last_ckpt, resumed_from)
             batch = _to_device(next(iterator), info.device)
             lr = lr_fn(step)
             set_lr(optimizer, lr)

@@ -28,6 +28,9 @@ __all__ = [
 
 TRACKING_MODES = ("online", "offline", "disabled")
 
+JOB_ID_ENV = "ECG_SSL_JOB_ID"
+"""Set by the runner for the job it runs: the scheduler's job id (jobs never read SLURM's variables)."""
+
 
 @dataclass
 class TrackingConfig:

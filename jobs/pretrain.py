@@ -29,7 +29,7 @@ from ecg_core.preemption import Preempted
 from ecg_core.schedules import lr_at
 from ecg_core.tracking import Tracker, write_json_atomic
 from ecg_core.train_loop import train
-from jobs.config import PretrainConfig
+from jobs.config import JOB_ID_ENV, PretrainConfig
 
 __all__ = ["run"]
 
@@ -67,10 +67,10 @@ def run(cfg: PretrainConfig, run_dir: Path) -> None:
                        keep_checkpoints=cfg.keep_checkpoints, config_yaml=to_yaml(cfg), tracker=tracker,
                        log_every=cfg.log_every, after_step=method.after_optimizer_step,
                        desc=f"pretrain {cfg.method.name}", autocast=cfg.precision == "bf16")
-    except Preempted:
+    except Preempted as stop:
         tracker.mark_preempting()
         tracker.finish(exit_code=143)
-        _account(run_dir, info, time.time() - started, None, n_encoder, n_total, cfg)
+        _account(run_dir, info, time.time() - started, None, n_encoder, n_total, cfg, stop)
         raise
     except BaseException:
         tracker.finish(exit_code=1)
@@ -82,7 +82,7 @@ def run(cfg: PretrainConfig, run_dir: Path) -> None:
 
 
 def _account(run_dir: Path, info: D.DistInfo, wall_s: float, result, n_encoder: int, n_total: int,
-             cfg: PretrainConfig) -> None:
+             cfg: PretrainConfig, stop: Preempted | None = None) -> None:
     """Add this attempt's compute to ``compute.json`` (rank 0)."""
     if not info.is_main:
         return
@@ -94,8 +94,9 @@ def _account(run_dir: Path, info: D.DistInfo, wall_s: float, result, n_encoder: 
     attempts = compute.get("attempts", [])
     attempts.append({"wall_s": round(wall_s, 2), "samples": result.samples_seen if result else None,
                      "steps_to": result.step if result else None,
-                     "resumed_from": result.resumed_from if result else None,
-                     "slurm_job": os.environ.get("SLURM_JOB_ID")})
+                     "stopped_at": stop.step if stop is not None else None,
+                     "resumed_from": result.resumed_from if result else (stop.resumed_from if stop else None),
+                     "job_id": os.environ.get(JOB_ID_ENV) or None})
     wall_total = sum(a["wall_s"] for a in attempts)
     device_hours = wall_total * info.world_size / 3600.0
     compute.update({

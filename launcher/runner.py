@@ -71,13 +71,14 @@ class JobRunner(Checkpointable):
         from ecg_core import preemption
         from ecg_core.config import from_yaml
         from jobs import RESUMABLE, job_function
-        from jobs.config import JOB_CONFIGS
+        from jobs.config import JOB_CONFIGS, JOB_ID_ENV
 
         path = Path(run_dir)
         done = read_done(path)
         if done is not None:
             return done
         in_submitit = job_id_in_job() is not None
+        os.environ[JOB_ID_ENV] = job_id_in_job() or ""
         export_distributed_env()
         torch.set_num_threads(max(1, self.cpus))
         cfg = from_yaml(JOB_CONFIGS[self.kind], path / "config.yaml")
