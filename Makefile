@@ -23,8 +23,10 @@ lint: $(STAMP)
 	$(PY) -m flake8 launch.py launcher jobs ecg_core tests bench
 	$(PY) -m pylint launch.py launcher jobs ecg_core bench
 
+# The embedded default: the demo grid's whole DAG (builds the demo dataset on first use), as local processes
+# unless a SLURM profile is configured (see README, "Cluster profiles"). DEMO_ARGS: e.g. --dry-run, steps=50.
 demo: $(STAMP)
-	$(PY) -m ecg_core.data.demo --workdir build/demo
+	$(PY) launch.py --grid grids/demo.yaml $(DEMO_ARGS)
 
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build runs .pytest_cache

@@ -51,15 +51,15 @@ PLOT_PREFIX = "auroc_vs_fraction_"
 LOG_SUFFIXES = (".err", ".out", ".log")
 
 COLUMNS = [
-    "state", "task", "method", "encoder", "protocol", "label_fraction", "seed", "macro_auroc",
+    "state", "task", "method", "variant", "encoder", "protocol", "label_fraction", "seed", "macro_auroc",
     "val_macro_auroc", "n_train", "n_val", "n_test", "checkpoint_step", "wall_s", "cell_id", "stage",
     "run_dir", "pretrain_run_id", "pretrain_dir", "excluded_classes", "reason", "log",
 ]
 """Columns of ``results.csv`` (``excluded_classes`` joined with ``;``)."""
 
 _INT_COLUMNS = ["seed", "n_train", "n_val", "n_test", "checkpoint_step"]
-_GROUP = ["task", "method", "encoder", "protocol", "label_fraction"]
-_SORT = ["task", "method", "encoder", "protocol", "label_fraction", "seed", "run_dir"]
+_GROUP = ["task", "method", "variant", "encoder", "protocol", "label_fraction"]
+_SORT = ["task", "method", "variant", "encoder", "protocol", "label_fraction", "seed", "run_dir"]
 
 # result.json fields: name -> (JSON types accepted, required). Numbers are int or float (not bool).
 _NUMBER = (int, float)
@@ -127,18 +127,23 @@ def load_result(path: Path) -> dict[str, Any]:
     return content
 
 
-def collect(grid_dir: Path, expected: Iterable[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def collect(grid_dir: Path, expected: Iterable[str],
+            variants: Optional[Mapping[str, str]] = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(rows, per-class rows) for every evaluation run of the grid: found results and expected runs.
 
-    ``expected`` entries are run directories, absolute or relative to ``grid_dir``. A malformed result
-    becomes a failed row; its one-line error is also printed to stderr.
+    ``expected`` entries are run directories, absolute or relative to ``grid_dir``. ``variants`` maps a cell
+    id to what distinguishes the cell within the grid (``method.params.temperature=0.1``), so that cells of
+    one method are reported apart. A malformed result becomes a failed row; its one-line error is also
+    printed to stderr.
     """
+    variants = variants or {}
     grid_dir = Path(grid_dir)
     expected_dirs = {_normal(grid_dir / entry) for entry in expected}
     found = {_normal(path.parent) for path in grid_dir.glob(f"*/*/{RESULT_FILE}")}
     rows, per_class = [], []
     for run_dir in sorted(expected_dirs | found):
         row = _row_skeleton(grid_dir, run_dir)
+        row["variant"] = variants.get(row["cell_id"], "")
         result_path = run_dir / RESULT_FILE
         if not result_path.is_file():
             row.update(_fields_from_config(run_dir))
@@ -186,7 +191,7 @@ def _normal(path: Path) -> Path:
 def _row_skeleton(grid_dir: Path, run_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(run_dir=str(run_dir), stage=run_dir.name, cell_id=run_dir.parent.name, reason="", log="",
-               excluded_classes="")
+               excluded_classes="", variant="")
     return row
 
 
@@ -305,12 +310,13 @@ def plot_task(summary: pd.DataFrame, grid: str, task: str) -> bytes:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     data = summary[(summary["task"] == task) & (summary["n"] > 0)]
-    models = sorted({(m, e) for m, e in zip(data["method"], data["encoder"])})
+    models = sorted({(m, v, e) for m, v, e in zip(data["method"], data["variant"], data["encoder"])})
     colors = {model: f"C{i % 10}" for i, model in enumerate(models)}
-    for (method, encoder, protocol), line in data.groupby(["method", "encoder", "protocol"], sort=True):
-        label = f"{method}{f' ({encoder})' if encoder and len({e for _, e in models}) > 1 else ''} · {protocol}"
-        axes.errorbar(line["label_fraction"], line["mean"], yerr=line["std"].fillna(0.0), label=label,
-                      color=colors[(method, encoder)], linestyle=_LINESTYLES.get(protocol, ":"), marker="o",
+    for (method, variant, encoder, protocol), line in data.groupby(["method", "variant", "encoder", "protocol"],
+                                                                   sort=True):
+        label = f"{_model(method, variant)}{f' ({encoder})' if encoder and len({e for *_, e in models}) > 1 else ''}"
+        axes.errorbar(line["label_fraction"], line["mean"], yerr=line["std"].fillna(0.0), label=f"{label} · {protocol}",
+                      color=colors[(method, variant, encoder)], linestyle=_LINESTYLES.get(protocol, ":"), marker="o",
                       capsize=3)
     fractions = sorted(data["label_fraction"].unique())
     if fractions and fractions[-1] / fractions[0] >= 10:
@@ -367,9 +373,10 @@ def _task_section(task: str, summary: pd.DataFrame, per_class: pd.DataFrame, fra
                   plot: Optional[str]) -> list[str]:
     fractions = sorted(summary["label_fraction"].unique())
     rows = []
-    for (method, encoder, protocol), group in summary.groupby(["method", "encoder", "protocol"], sort=True):
+    for (method, variant, encoder, protocol), group in summary.groupby(["method", "variant", "encoder", "protocol"],
+                                                                       sort=True):
         by_fraction = {row.label_fraction: row for row in group.itertuples()}
-        rows.append([method, encoder, protocol] + [
+        rows.append([_model(method, variant), encoder, protocol] + [
             format_cell(r.mean, r.std, r.n, r.n_failed) if (r := by_fraction.get(f)) is not None else ""
             for f in fractions])
     lines = [f"## Task `{task}`", "",
@@ -387,7 +394,8 @@ def _per_class_section(task: str, per_class: pd.DataFrame, frame: pd.DataFrame) 
         return []
     top = data["label_fraction"].max()
     data = data[data["label_fraction"] == top]
-    data = data.assign(model=data["method"] + "/" + data["protocol"]
+    labels = pd.Series([_model(m, v) for m, v in zip(data["method"], data["variant"])], index=data.index)
+    data = data.assign(model=labels + "/" + data["protocol"]
                        + (" (" + data["encoder"].fillna("") + ")" if data["encoder"].nunique() > 1 else ""))
     table = data.pivot_table(index="class", columns="model", values="auroc", aggfunc="mean", sort=True)
     rows = [[name] + [f"{v:.3f}" if not math.isnan(v) else "" for v in values]
@@ -431,6 +439,11 @@ def _pretrain_section(frame: pd.DataFrame, grid_dir: Path) -> list[str]:
             ""]
 
 
+def _model(method: str, variant: str) -> str:
+    """Table/plot label of a method in a grid cell: ``simclr [method.params.temperature=0.1]``."""
+    return f"{method} [{variant}]" if variant else str(method)
+
+
 def _relative(path: str, grid_dir: Path) -> str:
     """``path`` relative to the grid directory when inside it (shorter tables), else as given."""
     try:
@@ -457,7 +470,7 @@ def run(cfg: AggregateConfig, run_dir: Path) -> None:
     run_dir, grid_dir = Path(run_dir), Path(cfg.grid_dir)
     if not grid_dir.is_dir():
         raise FileNotFoundError(f"grid directory {grid_dir} does not exist (aggregate config grid_dir)")
-    rows, per_class_rows = collect(grid_dir, cfg.expected)
+    rows, per_class_rows = collect(grid_dir, cfg.expected, cfg.variants)
     frame = results_frame(rows)
     per_class = pd.DataFrame(per_class_rows, columns=_GROUP + ["seed", "run_dir", "class", "auroc"])
     summary = summarize(frame)

@@ -134,6 +134,7 @@ class AggregateConfig:
     grid: str = "???"
     grid_dir: str = "???"          # <runs_root>/<grid>
     expected: list[str] = field(default_factory=list)   # eval run dirs the plan created (missing = failed)
+    variants: dict[str, str] = field(default_factory=dict)   # cell id -> its own grid values, for the tables
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 

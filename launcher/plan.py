@@ -109,8 +109,11 @@ class Plan:
             return self.pretrain_config(job.cell_id)
         if job.kind == "aggregate":
             expected = [str(self.job(k).run_dir) for k in job.depends_on]
+            variants = {c.cell_id: ", ".join(f"{k}={v}" for k, v in c.values) for c in self.grid.cells}
+            if len(set(variants.values())) <= 1:
+                variants = {}   # one cell per method: the method name says it all
             return AggregateConfig(grid=self.grid.name, grid_dir=str(self.grid_dir), expected=expected,
-                                   tracking=self.tracking(job))
+                                   variants=variants, tracking=self.tracking(job))
         protocol = next(p for p, kind in EVAL_KINDS.items() if kind == job.kind)
         base = self.grid.eval_bases[protocol]
         pre = self.pretrain_config(job.cell_id)
