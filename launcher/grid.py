@@ -10,10 +10,11 @@ Expansion (:func:`expand`) is a pure function of the grid (and of the recipe fil
 - order: recipes (outer) x axes in file order x zip groups in file order (the last one varies fastest);
   then ``exclude`` drops every cell whose values match all the keys of one of its entries; then
   ``include`` appends its cells; a cell equal to an earlier one is dropped.
-- cell id: ``<method>-<encoder>-<hash>`` where the hash (10 hex digits) is taken over the recipe's resolved
-  config, the grid-wide overrides and the cell's own values: the same cell of the same grid always gets the
-  same id and directory, and changing any hyper-parameter gives a new one (a changed config never reuses
-  an old run). It does not depend on the clock, the machine or the cluster profile.
+- cell id: ``<method>-<encoder>-<hash>`` where the hash (10 hex digits) is taken over what the recipe file
+  says (parsed, with its includes), the grid-wide overrides and the cell's own values: the same cell of the
+  same grid always gets the same id and directory, and changing any hyper-parameter gives a new one (a
+  changed config never reuses an old run). It does not depend on the clock, the machine, the cluster
+  profile, comments in the recipe, or fields added to the config schema with a default.
 - validation: every ``key: value`` of every cell is merged into the recipe's typed config (each distinct
   pair once), every distinct method/encoder combination is checked by the method's and encoder's own
   validators, and the evaluation and resource settings are checked, all before anything is submitted. An
@@ -37,7 +38,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ecg_core.config import ConfigError, config_hash, from_dict, load_config, nest_dotted
+from ecg_core.config import ConfigError, from_dict, load_config, nest_dotted
 from jobs.config import EvalConfig, PretrainConfig, TrackingConfig
 from launcher.profiles import RESOURCE_KEYS
 
@@ -117,6 +118,7 @@ class Grid:
     tracking: TrackingConfig
     cells: list[Cell] = field(default_factory=list)
     recipe_configs: dict[str, PretrainConfig] = field(default_factory=dict, repr=False)
+    recipe_digests: dict[str, str] = field(default_factory=dict, repr=False)
     eval_bases: dict[str, EvalConfig] = field(default_factory=dict, repr=False)
 
     def pretrain_config(self, cell: Cell) -> PretrainConfig:
@@ -331,6 +333,17 @@ def _load_recipes(grid: Grid) -> None:
             grid.recipe_configs[name] = load_config(PretrainConfig, [path])
         except ConfigError as exc:
             raise GridError(exc.source, exc.key, f"{exc.reason} (recipe of grid {grid.path})") from None
+        grid.recipe_digests[name] = _recipe_digest(path)
+
+
+def _recipe_digest(path: Path, depth: int = 0) -> str:
+    """Hash of what a recipe file says (parsed YAML, its ``defaults`` includes first), not of the resolved
+    config: a field added to the config schema with a default, or a comment edited in the file, leaves
+    every cell id (and so every run directory) of existing grids unchanged."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    includes = data.pop("defaults", None) if isinstance(data, dict) else None
+    parts = [_recipe_digest(path.parent / str(inc), depth + 1) for inc in (includes or [])] if depth < 20 else []
+    return hashlib.sha256(_canonical([parts, data]).encode()).hexdigest()
 
 
 def _eval_bases(grid: Grid) -> None:
@@ -380,7 +393,7 @@ def expand(grid: Grid) -> list[Cell]:
     for entry in grid.include:
         raw_cells.append({RECIPE_KEY: grid.recipes[0], **entry} if RECIPE_KEY not in entry else dict(entry))
 
-    recipe_hashes = {name: config_hash(cfg, length=64) for name, cfg in grid.recipe_configs.items()}
+    recipe_hashes = grid.recipe_digests
     common = _canonical(grid.overrides)
     cells: list[Cell] = []
     seen: set[str] = set()
@@ -473,6 +486,6 @@ def _validate_cells(grid: Grid) -> None:
             raise GridError(src, f"cells[{cell.index}] ({cell.cell_id}): {exc.key}", exc.reason) from None
         try:
             validate_method(cfg.method, window=cfg.data.window)
-            validate_encoder(cfg.encoder)
+            validate_encoder(cfg.encoder, window=cfg.data.window)
         except ConfigError as exc:
             raise GridError(src, f"cells[{cell.index}] ({cell.cell_id}): {exc.key}", exc.reason) from None

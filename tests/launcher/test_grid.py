@@ -165,3 +165,15 @@ def test_unknown_task_and_dataset_are_errors(tmp_path):
     grid = load_grid(write_grid(tmp_path, BASE.replace("dataset: demo", "dataset: ptbxl"), "p.yaml"))
     with pytest.raises(GridError, match="no store for dataset 'ptbxl'"):
         make_plan(grid, load_profile("local"), store_tasks={})
+
+
+def test_ids_ignore_recipe_comments_and_follow_recipe_values(tmp_path):
+    recipe = (ROOT / "experiments/simclr.yaml").read_text()
+    (tmp_path / "r1.yaml").write_text(recipe)
+    (tmp_path / "r2.yaml").write_text("# a new comment\n" + recipe.replace("# seed:", "# the seed:"))
+    (tmp_path / "r3.yaml").write_text(recipe.replace("temperature: 0.5", "temperature: 0.3"))
+    ids = {}
+    for name in ("r1", "r2", "r3"):
+        text = BASE.replace("experiments/simclr.yaml", str(tmp_path / f"{name}.yaml"))
+        ids[name] = load_grid(write_grid(tmp_path, text, f"g_{name}.yaml")).cells[0].cell_id
+    assert ids["r1"] == ids["r2"] != ids["r3"]
