@@ -35,3 +35,7 @@ class DataConfig:
     start_method: str = "fork"        # DataLoader worker start method: fork, spawn or forkserver
     prefetch_factor: int = 2
     seed: int = 0
+    # Positive pairs for patient-contrastive methods (see ecg_core.data.loader): "none" (independent windows),
+    # "patient" (each window followed by one from another record of its patient) or "adjacent" (each window
+    # followed by the next non-overlapping window of its record).
+    pairing: str = "none"

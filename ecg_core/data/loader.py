@@ -24,6 +24,27 @@ Hence every rank runs the same number of steps (as FSDP's collectives require), 
 sampler is just ``(epoch, batches consumed)``: :meth:`WindowSampler.state_dict` /
 :meth:`WindowSampler.load_state_dict` restore the exact stream an uninterrupted run would have seen,
 independently of the number of DataLoader workers and of fork/spawn.
+
+Positive pairs (``DataConfig.pairing``, for patient-contrastive methods): with ``"patient"`` or
+``"adjacent"`` the plan draws ``batch_size / 2`` *anchor* windows per batch exactly as above (in proportion
+to usable length, uniform starts) and puts right after each anchor its *partner*, so windows ``2i`` and
+``2i + 1`` of every batch are a positive pair (batch_size must be even; units hold whole pairs, so no
+pair straddles two batches and resume positions stay on pair boundaries). The partner is drawn in the
+plan too, from the same per-unit generator, so resume stays exact:
+
+- ``"patient"`` (PCLR, Diamant et al. 2022): a window, uniform in position, of another eligible record of
+  the anchor's patient (``patient_id`` of the record table; the other record uniform among the
+  patient's others, each ECG counting once as in PCLR) within the same store; a patient with one
+  eligible record gives another uniform window of the same record. A partner record outside the unit's
+  blocks is read as one extra span of just that record (one extra read per such partner: cheap where a
+  patient's records are stored next to each other, as in stores ingested in patient-sorted order).
+- ``"adjacent"`` (CLOCS CMSC, Kiyasseh et al. 2021): the next non-overlapping window of the same record
+  (``start + window``); records shorter than ``2 * window`` are not eligible, anchor starts are uniform
+  in ``[0, length - 2 window]``.
+
+Batches then also carry ``patient`` int64 (B,): a code of ``patient_id``, unique over the stores of the
+mixture and equal on every rank (so losses can gather it). With the default ``"none"`` nothing changes:
+the stream, the batch keys and the state fingerprint are those of a config without the field.
 """
 
 from __future__ import annotations
@@ -47,6 +68,7 @@ from ecg_core.data.config import DataConfig, StoreSource
 from ecg_core.data.store import EcgStore, open_store
 
 NORMALIZATIONS = ("none", "per_lead")
+PAIRINGS = ("none", "patient", "adjacent")
 READER_THREADS = 2   # background reader threads when num_workers == 0
 
 
@@ -88,7 +110,13 @@ class WindowSampler:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
         if len(stores) != len(cfg.stores):
             raise ValueError("one StoreSource per store is required")
+        if cfg.pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {PAIRINGS}, got {cfg.pairing!r}")
+        if cfg.pairing != "none" and cfg.batch_size % 2:
+            raise ValueError(f"pairing {cfg.pairing!r} needs an even batch_size (pairs), got {cfg.batch_size}")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        # Samples a window needs from its start: two adjacent windows for an "adjacent" anchor.
+        self._need = cfg.window * (2 if cfg.pairing == "adjacent" else 1)
         self.weights = np.array([s.weight for s in cfg.stores], dtype=np.float64)
         if np.any(self.weights < 0) or self.weights.sum() <= 0:
             raise ValueError(f"store weights must be >= 0 with a positive sum, got {self.weights.tolist()}")
@@ -104,16 +132,50 @@ class WindowSampler:
         for src in data["stores"]:
             if not src["records"]:
                 del src["records"]   # configs without a record filter keep the fingerprint they had before it
+        if data["pairing"] == "none":
+            del data["pairing"]      # likewise for configs without pairing
         self.fingerprint = hashlib.sha256(json.dumps({
             "signals": [st.attrs["signal_sha256"] for st in stores], "data": data,
         }, sort_keys=True).encode()).hexdigest()[:16]
         self.epoch = 0
         self.batch_in_epoch = 0
+        self.patients: list[np.ndarray] = []   # per store: patient code of each record (pairing modes)
+        if cfg.pairing != "none":
+            self._init_pairing(stores)
+
+    def _init_pairing(self, stores: list[EcgStore]) -> None:
+        """Patient codes (global over the mixture) and, per store, the lookup tables of the partner draw."""
+        offset = 0
+        self._offsets, self._usable, self._block_index, self._groups = [], [], [], []
+        for st, blocks in zip(stores, self._blocks):
+            n = len(st)
+            names, code = np.unique(st.records["patient_id"].astype(str).to_numpy(), return_inverse=True)
+            self.patients.append(code.astype(np.int64) + offset)
+            offset += len(names)
+            usable = np.zeros(n, dtype=np.int64)          # 0: not eligible
+            block_index = np.full(n, -1, dtype=np.int64)  # which of the store's blocks holds the record
+            for b, blk in enumerate(blocks):
+                usable[blk.records] = blk.usable
+                block_index[blk.records] = b
+            # Eligible records grouped by patient: members[first[r] : first[r] + size[r]] are the records of
+            # r's patient, r itself at position pos[r] among them.
+            eligible = np.flatnonzero(usable > 0)
+            members = eligible[np.argsort(code[eligible], kind="stable")]
+            _, group_start, group_size = np.unique(code[members], return_index=True, return_counts=True)
+            group_of = np.repeat(np.arange(len(group_start)), group_size)
+            first, size, pos = (np.zeros(n, dtype=np.int64) for _ in range(3))
+            first[members] = group_start[group_of]
+            size[members] = group_size[group_of]
+            pos[members] = np.arange(len(members)) - first[members]
+            self._offsets.append(np.asarray(st.offsets, dtype=np.int64))
+            self._usable.append(usable)
+            self._block_index.append(block_index)
+            self._groups.append((members, first, size, pos))
 
     def _make_blocks(self, store: EcgStore, src: StoreSource) -> list[_Block]:
         rec = store.records
         length = rec["length"].to_numpy(np.int64)
-        ok = length >= self.cfg.window
+        ok = length >= self._need
         if src.folds:
             ok &= rec["fold"].isin(src.folds).to_numpy()
         if src.records:
@@ -125,7 +187,7 @@ class WindowSampler:
             ok &= rec["record_id"].isin(wanted).to_numpy()
         idx = np.flatnonzero(ok)
         if idx.size == 0:
-            raise ValueError(f"{store.path}: no record of length >= {self.cfg.window} samples"
+            raise ValueError(f"{store.path}: no record of length >= {self._need} samples"
                              + (f" in folds {src.folds}" if src.folds else "")
                              + (f" among the {len(src.records)} requested records" if src.records else ""))
         offsets = store.offsets
@@ -134,7 +196,7 @@ class WindowSampler:
         for b in np.unique(block_id):
             r = idx[block_id == b]
             blocks.append(_Block((int(offsets[r[0]]), int(offsets[r[-1] + 1])), r,
-                                 length[r] - self.cfg.window + 1))
+                                 length[r] - self._need + 1))
         return blocks
 
     # -- the plan --------------------------------------------------------------------------------
@@ -148,7 +210,9 @@ class WindowSampler:
     def plan(self, epoch: int) -> list[Unit]:
         """This rank's units for ``epoch``, in order; their windows total exactly windows_per_rank()."""
         cfg, seed = self.cfg, self.cfg.seed
-        per_store = _largest_remainder(self.windows_per_rank(), self.weights)
+        paired = cfg.pairing != "none"
+        # With pairing, the counts below are of anchors (pairs); each unit then holds two windows per pair.
+        per_store = _largest_remainder(self.windows_per_rank() // (2 if paired else 1), self.weights)
         units: list[Unit] = []
         for s, blocks in enumerate(self._blocks):
             if per_store[s] == 0:
@@ -161,7 +225,9 @@ class WindowSampler:
             usable = np.array([sum(int(blocks[b].usable.sum()) for b in g) for g in mine], dtype=np.float64)
             counts = rng.multinomial(per_store[s], usable / usable.sum())
             for g, n in zip(mine, counts):
-                if n:
+                if n and paired:
+                    units.append(self._pair_unit(s, sorted(g), int(n), rng))
+                elif n:
                     units.append(self._unit(s, [blocks[b] for b in sorted(g)], int(n), rng))
         order = _rng(seed, epoch, 3, self.rank).permutation(len(units))
         return [units[i] for i in order]
@@ -176,6 +242,47 @@ class WindowSampler:
         perm = rng.permutation(n)
         pick, start = pick[perm], start[perm]
         return Unit(store, tuple(b.span for b in blocks), block_of_rec[pick], records[pick], start)
+
+    def _pair_unit(self, store: int, block_ids: list[int], n: int, rng: np.random.Generator) -> Unit:
+        """``n`` anchors drawn as :meth:`_unit` draws windows, each followed by its partner (module docstring)."""
+        blocks = [self._blocks[store][b] for b in block_ids]
+        usable = np.concatenate([b.usable for b in blocks]).astype(np.float64)
+        records = np.concatenate([b.records for b in blocks])
+        block_of_rec = np.concatenate([np.full(len(b.records), i) for i, b in enumerate(blocks)])
+        pick = rng.choice(len(records), size=n, p=usable / usable.sum())
+        start = (rng.random(n) * usable[pick]).astype(np.int64)
+        perm = rng.permutation(n)
+        pick, start = pick[perm], start[perm]
+        anchor, anchor_block = records[pick], block_of_rec[pick]
+        spans = [b.span for b in blocks]
+        if self.cfg.pairing == "adjacent":
+            partner, partner_start, partner_block = anchor, start + self.cfg.window, anchor_block
+        else:
+            members, first, size, pos = self._groups[store]
+            # Uniform among the patient's other records: j in [0, size - 1), shifted past the anchor itself.
+            j = (rng.random(n) * np.maximum(size[anchor] - 1, 1)).astype(np.int64)
+            j = np.where(size[anchor] > 1, j + (j >= pos[anchor]), pos[anchor])   # alone: the anchor's record
+            partner = members[first[anchor] + j]
+            partner_start = (rng.random(n) * self._usable[store][partner]).astype(np.int64)
+            # Partners in the unit's blocks are cut from those spans; others get a span of their own record.
+            where = {b: i for i, b in enumerate(block_ids)}
+            offsets = self._offsets[store]
+            partner_block = np.empty(n, dtype=np.int64)
+            extra: dict[int, int] = {}
+            for i, (r, b) in enumerate(zip(partner.tolist(), self._block_index[store][partner].tolist())):
+                if b in where:
+                    partner_block[i] = where[b]
+                else:
+                    if r not in extra:
+                        extra[r] = len(spans)
+                        spans.append((int(offsets[r]), int(offsets[r + 1])))
+                    partner_block[i] = extra[r]
+
+        def interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return np.stack([a, b], axis=1).reshape(-1)
+
+        return Unit(store, tuple(spans), interleave(anchor_block, partner_block), interleave(anchor, partner),
+                    interleave(start, partner_start))
 
     # -- position and resume --------------------------------------------------------------------
     def advance(self, n_batches: int = 1) -> None:
@@ -287,13 +394,17 @@ class WindowLoader:
     """Batches of training windows for one rank; iterate it forever, checkpoint it with state_dict().
 
     Each batch is a dict: ``x`` float32 (B, 12, W) in mV (or normalised), ``lead_mask`` bool (B, 12),
-    ``store`` / ``record`` / ``start`` int64 (B,) saying where each window comes from.
+    ``store`` / ``record`` / ``start`` int64 (B,) saying where each window comes from; with
+    ``cfg.pairing`` other than ``"none"`` also ``patient`` int64 (B,), and windows ``2i``, ``2i + 1`` are
+    a positive pair (module docstring).
     """
 
     def __init__(self, cfg: DataConfig, *, rank: int = 0, world_size: int = 1,
                  stores: list[EcgStore] | None = None):
         if cfg.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {cfg.normalize!r}")
+        if cfg.pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {PAIRINGS}, got {cfg.pairing!r}")
         if not cfg.stores:
             raise ValueError("DataConfig.stores is empty: name at least one store")
         self.cfg = cfg
@@ -418,8 +529,15 @@ class WindowLoader:
             sel = store == s
             mask[sel] = self._masks[s][record[sel]]
         x = normalize_windows(torch.from_numpy(x_BLW), self.cfg.normalize)   # from_numpy: a view, see _prefetched
-        return {"x": x, "lead_mask": torch.from_numpy(mask), "store": torch.from_numpy(store),
-                "record": torch.from_numpy(record), "start": torch.from_numpy(start)}
+        batch = {"x": x, "lead_mask": torch.from_numpy(mask), "store": torch.from_numpy(store),
+                 "record": torch.from_numpy(record), "start": torch.from_numpy(start)}
+        if self.cfg.pairing != "none":
+            patient = np.empty(len(store), dtype=np.int64)
+            for s in np.unique(store):
+                sel = store == s
+                patient[sel] = self.sampler.patients[s][record[sel]]
+            batch["patient"] = torch.from_numpy(patient)
+        return batch
 
     def take(self, n: int) -> list[dict[str, torch.Tensor]]:
         """The next ``n`` batches (convenience for tests and benchmarks)."""
@@ -433,5 +551,5 @@ class WindowLoader:
         return out
 
 
-__all__ = ["DataConfig", "StoreSource", "Unit", "UnitDataset", "WindowLoader", "WindowSampler", "normalize_windows",
-           "read_unit"]
+__all__ = ["PAIRINGS", "DataConfig", "StoreSource", "Unit", "UnitDataset", "WindowLoader", "WindowSampler",
+           "normalize_windows", "read_unit"]

@@ -23,6 +23,8 @@ from typing import Any
 from torch import nn
 
 from ecg_core.config import ConfigError
+from ecg_core.encoders.cpc import cpc_encoder
+from ecg_core.encoders.vit1d import vit1d_base, vit1d_small, vit1d_tiny
 from ecg_core.encoders.xresnet1d import xresnet1d18, xresnet1d34, xresnet1d50, xresnet1d50_seed, xresnet1d101
 
 __all__ = ["ENCODERS", "build_encoder", "count_parameters", "validate_encoder"]
@@ -33,14 +35,21 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "xresnet1d50": xresnet1d50,
     "xresnet1d101": xresnet1d101,
     "xresnet1d50_seed": xresnet1d50_seed,
+    "cpc_encoder": cpc_encoder,
+    "vit1d_tiny": vit1d_tiny,
+    "vit1d_small": vit1d_small,
+    "vit1d_base": vit1d_base,
 }
 """Encoder name -> builder ``(in_leads=12, **params) -> nn.Module`` (see the module docstring)."""
 
 _SOURCE = "encoder registry"   # ConfigError source: these checks see the merged config, not one file
 
 
-def validate_encoder(cfg: Any, key_prefix: str = "encoder", in_leads: int = 12) -> None:
+def validate_encoder(cfg: Any, key_prefix: str = "encoder", in_leads: int = 12, window: int | None = None) -> None:
     """Check that ``cfg.name`` is an encoder and ``cfg.params`` builds it, without keeping the model.
+
+    ``window`` (samples per input, when known) is also checked by encoders that constrain it through a
+    ``check_window(window)`` method (ViT-1D: a multiple of the patch size).
 
     Raises:
         ConfigError: ``<key_prefix>.name`` for an unknown name (listing the known ones),
@@ -67,7 +76,9 @@ def validate_encoder(cfg: Any, key_prefix: str = "encoder", in_leads: int = 12) 
 
     try:
         with torch.device("meta"):
-            builder(in_leads=in_leads, **params)
+            model = builder(in_leads=in_leads, **params)
+            if window is not None and hasattr(model, "check_window"):
+                model.check_window(window)
     except (TypeError, ValueError) as exc:
         # Builders name the offending argument first in their messages ("base_width must be ...").
         bad = next((k for k in params if str(exc).startswith(k)), None)
@@ -75,9 +86,9 @@ def validate_encoder(cfg: Any, key_prefix: str = "encoder", in_leads: int = 12) 
         raise ConfigError(_SOURCE, key, f"{name}: {exc}") from None
 
 
-def build_encoder(cfg: Any, in_leads: int = 12) -> nn.Module:
+def build_encoder(cfg: Any, in_leads: int = 12, window: int | None = None) -> nn.Module:
     """``ENCODERS[cfg.name](in_leads=in_leads, **cfg.params)``, after :func:`validate_encoder`."""
-    validate_encoder(cfg, in_leads=in_leads)
+    validate_encoder(cfg, in_leads=in_leads, window=window)
     return ENCODERS[cfg.name](in_leads=in_leads, **dict(cfg.params or {}))
 
 

@@ -45,16 +45,21 @@ class Method(nn.Module):
         encoder: a module of :data:`ecg_core.encoders.ENCODERS` (``x_BLT -> z_BD``, ``out_dim``, ``blocks()``).
         window: samples per training window (the loader's ``data.window``).
         generator_seed: base seed of the per-step augmentation generators.
+        data: the run's :class:`ecg_core.data.config.DataConfig` (``stores[i].path``, ``folds``, ...), stored
+            as ``self.data_cfg``; :func:`~ecg_core.methods.build_method` passes it to methods whose
+            ``__init__`` takes a ``data`` argument (those that read the stores themselves, e.g. the
+            supervised baseline's labels). None when not given; SSL methods ignore it.
     """
 
     Config: ClassVar[type]
 
-    def __init__(self, cfg: Any, encoder: nn.Module, *, window: int, generator_seed: int) -> None:
+    def __init__(self, cfg: Any, encoder: nn.Module, *, window: int, generator_seed: int, data: Any = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
         self.window = int(window)
         self.generator_seed = int(generator_seed)
+        self.data_cfg = data
 
     @classmethod
     def check_config(cls, cfg: Any, key_prefix: str = "method.params", window: int | None = None) -> None:

@@ -24,6 +24,8 @@ from ecg_core.config import ConfigError
 from ecg_core.transforms.ecg import (BaselineShift, BaselineWander, ChannelResize, DynamicTimeWarp, EMNoise,
                                      GaussianBlur, GaussianNoise, PowerlineNoise, RandomResizedCrop, TimeOut,
                                      Transform, TransformParamError)
+from ecg_core.transforms.masks import LeadMask, TimeMask
+from ecg_core.transforms.vcg import VCGRotateScale
 
 __all__ = ["TRANSFORMS", "Compose", "Transform", "TransformParamError", "build_transforms"]
 
@@ -38,6 +40,9 @@ TRANSFORMS: dict[str, type[Transform]] = {
     "powerline_noise": PowerlineNoise,
     "em_noise": EMNoise,
     "baseline_shift": BaselineShift,
+    "vcg_rotate_scale": VCGRotateScale,
+    "time_mask": TimeMask,
+    "lead_mask": LeadMask,
 }
 """Augmentation name -> class (Mehari & Strodthoff 2022's set; see :mod:`ecg_core.transforms.ecg`)."""
 

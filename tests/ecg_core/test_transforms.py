@@ -33,6 +33,10 @@ IDENTITY = {
     "powerline_noise": [{"c_max": 0.0}],
     "em_noise": [{"c_max": 0.0}],
     "baseline_shift": [{"c_max": 0.0}, {"fs": 500.0}],   # 256 samples at 500 Hz: no segment fits
+    "vcg_rotate_scale": [{"max_angle": 0.0, "max_scale": 1.0},
+                         {"max_angle": 0.0, "max_scale": 1.0, "keep_residual": True}],
+    "time_mask": [{"ratio": 0.0}],
+    "lead_mask": [{"ratio": 0.0}],
 }
 RANDOM = sorted(set(TRANSFORMS) - {"gaussian_blur"})   # every transform but the fixed blur draws numbers
 
