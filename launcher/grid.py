@@ -123,7 +123,8 @@ class Grid:
 
     def pretrain_config(self, cell: Cell) -> PretrainConfig:
         """The cell's full pretraining config (before the planner fills stores and tracking)."""
-        layer = nest_dotted({**self.overrides, **cell.overrides()})
+        # the grid's dataset is every cell's pretraining dataset unless the cell or the overrides say otherwise
+        layer = nest_dotted({"dataset": self.dataset, **self.overrides, **cell.overrides()})
         layer.pop(RECIPE_KEY, None)
         return from_dict(PretrainConfig, [(f"{self.path}: cell {cell.cell_id}", layer)],
                          base=self.recipe_configs[cell.recipe])

@@ -177,3 +177,12 @@ def test_ids_ignore_recipe_comments_and_follow_recipe_values(tmp_path):
         text = BASE.replace("experiments/simclr.yaml", str(tmp_path / f"{name}.yaml"))
         ids[name] = load_grid(write_grid(tmp_path, text, f"g_{name}.yaml")).cells[0].cell_id
     assert ids["r1"] == ids["r2"] != ids["r3"]
+
+
+def test_grid_dataset_reaches_every_cell_and_its_store(tmp_path):
+    store = tmp_path / "elsewhere.zarr"
+    grid = load_grid(write_grid(tmp_path, BASE.replace("dataset: demo", f"dataset: {store}")))
+    plan = make_plan(grid, load_profile("local"), runs_root=tmp_path, store_tasks={str(store): ["labels"]})
+    cfg = plan.config_for(plan.jobs[0])
+    assert cfg.dataset == str(store) and cfg.data.stores[0].path == str(store)
+    assert plan.config_for(plan.jobs[1]).store == str(store)
