@@ -257,6 +257,8 @@ class Tracker:
         self._run = self._guarded("init", init)
         if self._run is not None:
             _ACTIVE_RUNS.add(id(self))
+            if self.url:   # online only: `launch.py --status` shows it from summary.json
+                self.summary({"wandb_url": self.url})
 
     def _guarded(self, what: str, call: Any) -> Any:
         """``call()``; on an exception warn once, drop the W&B run and return None."""
