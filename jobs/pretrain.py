@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from ecg_core.encoders import count_parameters
 from ecg_core.methods import build_method
 from ecg_core.preemption import Preempted
 from ecg_core.schedules import lr_at
-from ecg_core.tracking import Tracker, write_json_atomic
+from ecg_core.tracking import Tracker, TrackingWarning, resolve_mode, write_json_atomic
 from ecg_core.train_loop import train
 from jobs.config import JOB_ID_ENV, PretrainConfig
 
@@ -50,6 +51,8 @@ def run(cfg: PretrainConfig, run_dir: Path) -> None:
     D.seed_everything(cfg.seed)                 # identical initial weights on every rank
     method = build_method(cfg, generator_seed=cfg.seed).to(info.device)
     n_encoder, n_total = count_parameters(method.encoder), count_parameters(method)
+    views_png = _views_figure(cfg, method, run_dir) if info.is_main and resolve_mode(cfg.tracking.mode) != "disabled" \
+        else None   # before sharding: only rank 0 runs it, so no collective may happen inside
     D.shard_model(method, method.fsdp_blocks(), mixed_precision=cfg.precision == "bf16")
     D.seed_everything(cfg.seed, info.rank)      # rank-specific streams from here on
     optimizer = torch.optim.AdamW(method.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
@@ -76,9 +79,24 @@ def run(cfg: PretrainConfig, run_dir: Path) -> None:
         tracker.finish(exit_code=1)
         raise
     _account(run_dir, info, time.time() - started, result, n_encoder, n_total, cfg)
+    if views_png is not None:   # at the last step (merged into its W&B row): logged once per finished run
+        tracker.log_image("views", views_png)
     tracker.summary({"final_step": result.step, "samples_per_s": result.samples_per_s,
                      "encoder_parameters": n_encoder})
     tracker.finish()
+
+
+def _views_figure(cfg: PretrainConfig, method: torch.nn.Module, run_dir: Path) -> Path | None:
+    """``<run_dir>/views.png``: the first window of the first batch and the method's views of it
+    (:func:`ecg_core.viz.views_figure`, initial weights); a plotting failure only warns (returns None)."""
+    path = run_dir / "views.png"
+    try:
+        from ecg_core.viz import views_figure
+        x_LT = WindowLoader(cfg.data).take(1)[0]["x"][0]
+        return views_figure(method, x_LT, path, seed=cfg.seed, title=f"{cfg.method.name}: views")
+    except Exception as exc:   # noqa: BLE001 - a picture must never stop pretraining
+        warnings.warn(f"views figure not logged: {type(exc).__name__}: {exc}", TrackingWarning, stacklevel=2)
+        return None
 
 
 def _account(run_dir: Path, info: D.DistInfo, wall_s: float, result, n_encoder: int, n_total: int,

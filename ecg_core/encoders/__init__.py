@@ -24,7 +24,10 @@ from torch import nn
 
 from ecg_core.config import ConfigError
 from ecg_core.encoders.cpc import cpc_encoder
+from ecg_core.encoders.resnet1d import resnet1d18, resnet1d34
+from ecg_core.encoders.seed_cnns import pclr_cnn, seed_cnn
 from ecg_core.encoders.vit1d import vit1d_base, vit1d_small, vit1d_tiny
+from ecg_core.encoders.vit2d import image_vit_base, image_vit_tiny
 from ecg_core.encoders.xresnet1d import xresnet1d18, xresnet1d34, xresnet1d50, xresnet1d50_seed, xresnet1d101
 
 __all__ = ["ENCODERS", "build_encoder", "count_parameters", "validate_encoder"]
@@ -39,6 +42,12 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "vit1d_tiny": vit1d_tiny,
     "vit1d_small": vit1d_small,
     "vit1d_base": vit1d_base,
+    "image_vit_tiny": image_vit_tiny,
+    "image_vit_base": image_vit_base,
+    "resnet1d18": resnet1d18,
+    "resnet1d34": resnet1d34,
+    "pclr_cnn": pclr_cnn,
+    "seed_cnn": seed_cnn,
 }
 """Encoder name -> builder ``(in_leads=12, **params) -> nn.Module`` (see the module docstring)."""
 

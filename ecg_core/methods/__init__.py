@@ -21,6 +21,8 @@ from ecg_core.methods.byol import BYOL
 from ecg_core.methods.cpc import CPC
 from ecg_core.methods.jepa import JEPA
 from ecg_core.methods.mae import MAE
+from ecg_core.methods.mae_image import MAEImage
+from ecg_core.methods.meclip import MECLIP
 from ecg_core.methods.moco import MoCoV3
 from ecg_core.methods.patient_contrastive import PatientContrastive
 from ecg_core.methods.random_init import RandomInit
@@ -38,11 +40,13 @@ METHODS: dict[str, type[Method]] = {
     "patient_contrastive": PatientContrastive,
     "cpc": CPC,
     "mae": MAE,
+    "mae_image": MAEImage,
     "jepa": JEPA,
     "supervised": Supervised,
     "random_init": RandomInit,
     "swav": SwAV,
     "viewmaker": Viewmaker,
+    "meclip": MECLIP,
 }
 """Method name -> class; ``cls.Config`` is its hyper-parameter dataclass."""
 

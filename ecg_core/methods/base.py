@@ -23,7 +23,14 @@ from torch import nn
 
 from ecg_core import distributed as D
 
-__all__ = ["Method", "step_seed"]
+__all__ = ["Method", "seed_augmentations", "step_seed"]
+
+
+def seed_augmentations() -> list[dict[str, Any]]:
+    """RandomResizedCrop [0.5, 1] + TimeOut [0.2, 0.4]: the pretraining pair of Mehari & Strodthoff 2022
+    (seed 2, the README's pretraining command), the default ``augmentations`` of the view-based methods."""
+    return [{"name": "random_resized_crop", "crop_ratio_range": [0.5, 1.0]},
+            {"name": "time_out", "crop_ratio_range": [0.2, 0.4]}]
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -90,3 +97,12 @@ class Method(nn.Module):
         generator = torch.Generator(device=device)
         generator.manual_seed(step_seed(self.generator_seed, D.get_rank(), step))
         return generator
+
+    def augmented_views(self, x_BLT: torch.Tensor, generator: torch.Generator, count: int = 2) -> torch.Tensor:
+        """``count`` augmented views of every window, view-major ``(count * B, L, T)``: ``self.augment``
+        (the method's :class:`ecg_core.transforms.Compose`) applied ``count`` times in turn, drawing from
+        ``generator`` in that order. In float32 outside autocast (interpolation weights and noise levels are
+        tiny numbers) and without autograd (nothing upstream of the views is trained)."""
+        with torch.no_grad(), torch.autocast(device_type=x_BLT.device.type, enabled=False):
+            x_BLT = x_BLT.float()
+            return torch.cat([self.augment(x_BLT, generator) for _ in range(count)])

@@ -43,17 +43,12 @@ from ecg_core.config import ConfigError
 from ecg_core.ema import ema_update, make_target, momentum_at
 from ecg_core.heads import ProjectionHead
 from ecg_core.losses import normalized_mse
-from ecg_core.methods.base import Method
+from ecg_core.methods.base import Method, seed_augmentations
 from ecg_core.transforms import build_transforms
 
 __all__ = ["BYOL", "BYOLConfig"]
 
 _SOURCE = "method registry"
-
-
-def _seed_augmentations() -> list[dict[str, Any]]:
-    return [{"name": "random_resized_crop", "crop_ratio_range": [0.5, 1.0]},
-            {"name": "time_out", "crop_ratio_range": [0.2, 0.4]}]
 
 
 @dataclass
@@ -66,7 +61,7 @@ class BYOLConfig:
     base_momentum: float = 0.996        # tau_base: paper section 3.2, seed initial_tau
     final_momentum: float = 1.0         # paper: tau -> 1 at the end of training
     total_steps: int = 0                # length of the momentum schedule; 0: the pretraining run's `steps`
-    augmentations: list[dict[str, Any]] = field(default_factory=_seed_augmentations)  # each view, in order
+    augmentations: list[dict[str, Any]] = field(default_factory=seed_augmentations)  # each view, in order
 
 
 def _check_common(cfg: Any, key_prefix: str, window: int | None, dims: tuple[str, ...]) -> None:
@@ -140,11 +135,7 @@ class BYOL(Method):
     def forward(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         x_BLT = batch["x"]
         B = x_BLT.shape[0]
-        generator = self.step_generator(step, x_BLT.device)
-        # Augment in float32 outside autocast and without autograd (nothing upstream of the views trains).
-        with torch.no_grad(), torch.autocast(device_type=x_BLT.device.type, enabled=False):
-            x_BLT = x_BLT.float()
-            views_2BLT = torch.cat([self.augment(x_BLT, generator), self.augment(x_BLT, generator)])
+        views_2BLT = self.augmented_views(x_BLT, self.step_generator(step, x_BLT.device))
         p_2BP = self.predictor(self.projector(self.encoder(views_2BLT)))
         with torch.no_grad():   # stop-gradient: the target learns only through the EMA
             z_2BP = self.target_projector(self.target_encoder(views_2BLT))

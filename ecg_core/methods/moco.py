@@ -37,7 +37,8 @@ from torch import nn
 
 from ecg_core.config import ConfigError
 from ecg_core.losses import info_nce
-from ecg_core.methods.byol import BYOL, _check_common, _seed_augmentations
+from ecg_core.methods.base import seed_augmentations
+from ecg_core.methods.byol import BYOL, _check_common
 
 __all__ = ["MoCoV3", "MoCoV3Config", "moco_mlp"]
 
@@ -56,7 +57,7 @@ class MoCoV3Config:
     base_momentum: float = 0.99         # --moco-m
     final_momentum: float = 1.0         # --moco-m-cos: cosine ramp to 1
     total_steps: int = 0                # length of the momentum schedule; 0: the pretraining run's `steps`
-    augmentations: list[dict[str, Any]] = field(default_factory=_seed_augmentations)  # each view, in order
+    augmentations: list[dict[str, Any]] = field(default_factory=seed_augmentations)  # each view, in order
 
 
 def moco_mlp(num_layers: int, in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:

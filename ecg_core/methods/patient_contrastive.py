@@ -51,6 +51,7 @@ from ecg_core.heads import ProjectionHead
 from ecg_core.losses import nt_xent
 from ecg_core.losses.supcon import clocs_loss, supcon_loss
 from ecg_core.methods.base import Method
+from ecg_core.methods.simclr import check_contrastive_params
 from ecg_core.transforms import build_transforms
 
 __all__ = ["MODE_PAIRING", "PatientContrastive", "PatientContrastiveConfig"]
@@ -104,12 +105,7 @@ class PatientContrastive(Method):
         if cfg.mode not in MODE_PAIRING:
             raise ConfigError(_SOURCE, f"{key_prefix}.mode", f"must be one of {', '.join(MODE_PAIRING)}, "
                               f"got {cfg.mode!r}")
-        if not cfg.temperature > 0:
-            raise ConfigError(_SOURCE, f"{key_prefix}.temperature", f"must be > 0, got {cfg.temperature}")
-        for name in ("projection_hidden_dim", "projection_dim", "projection_layers"):
-            if getattr(cfg, name) < 1:
-                raise ConfigError(_SOURCE, f"{key_prefix}.{name}", f"must be >= 1, got {getattr(cfg, name)}")
-        build_transforms(cfg.augmentations, f"{key_prefix}.augmentations", window=window, source=_SOURCE)
+        check_contrastive_params(cfg, key_prefix, window)
 
     def fsdp_blocks(self) -> list[torch.nn.Module]:
         return [*self.encoder.blocks(), self.projector]
@@ -133,10 +129,7 @@ class PatientContrastive(Method):
         patient_B = self._check_pairs(batch)
         x_BLT = batch["x"]
         if self.cfg.augmentations:
-            generator = self.step_generator(step, x_BLT.device)
-            # Augment in float32 outside autocast, without autograd (nothing upstream is trained).
-            with torch.no_grad(), torch.autocast(device_type=x_BLT.device.type, enabled=False):
-                x_BLT = self.augment(x_BLT.float(), generator)
+            x_BLT = self.augmented_views(x_BLT, self.step_generator(step, x_BLT.device), 1)
         # One encoder pass over both members of every pair: BatchNorm statistics over the whole batch.
         z_BP = self.projector(self.encoder(x_BLT))
         z1_NP, z2_NP = z_BP[0::2], z_BP[1::2]

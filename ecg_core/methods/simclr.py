@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ecg_core.config import ConfigError
 from ecg_core.heads import ProjectionHead
 from ecg_core.losses import nt_xent
-from ecg_core.methods.base import Method
+from ecg_core.methods.base import Method, seed_augmentations
 from ecg_core.transforms import build_transforms
 
 __all__ = ["SimCLR", "SimCLRConfig"]
@@ -33,9 +33,14 @@ __all__ = ["SimCLR", "SimCLRConfig"]
 _SOURCE = "method registry"
 
 
-def _seed_augmentations() -> list[dict[str, Any]]:
-    return [{"name": "random_resized_crop", "crop_ratio_range": [0.5, 1.0]},
-            {"name": "time_out", "crop_ratio_range": [0.2, 0.4]}]
+def check_contrastive_params(cfg: Any, key_prefix: str, window: int | None) -> None:
+    """Checks shared by SimCLR and patient-contrastive learning: temperature, projection head, augmentations."""
+    if not cfg.temperature > 0:
+        raise ConfigError(_SOURCE, f"{key_prefix}.temperature", f"must be > 0, got {cfg.temperature}")
+    for name in ("projection_hidden_dim", "projection_dim", "projection_layers"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(_SOURCE, f"{key_prefix}.{name}", f"must be >= 1, got {getattr(cfg, name)}")
+    build_transforms(cfg.augmentations, f"{key_prefix}.augmentations", window=window, source=_SOURCE)
 
 
 @dataclass
@@ -47,7 +52,7 @@ class SimCLRConfig:
     projection_dim: int = 16               # seed bolts_config.yaml model.out_dim
     projection_layers: int = 2             # linear layers of the head
     projection_batch_norm: bool = False    # seed: no BatchNorm in the head
-    augmentations: list[dict[str, Any]] = field(default_factory=_seed_augmentations)  # each view, in order
+    augmentations: list[dict[str, Any]] = field(default_factory=seed_augmentations)  # each view, in order
 
 
 class SimCLR(Method):
@@ -64,12 +69,7 @@ class SimCLR(Method):
 
     @classmethod
     def check_config(cls, cfg: SimCLRConfig, key_prefix: str = "method.params", window: int | None = None) -> None:
-        if not cfg.temperature > 0:
-            raise ConfigError(_SOURCE, f"{key_prefix}.temperature", f"must be > 0, got {cfg.temperature}")
-        for name in ("projection_hidden_dim", "projection_dim", "projection_layers"):
-            if getattr(cfg, name) < 1:
-                raise ConfigError(_SOURCE, f"{key_prefix}.{name}", f"must be >= 1, got {getattr(cfg, name)}")
-        build_transforms(cfg.augmentations, f"{key_prefix}.augmentations", window=window, source=_SOURCE)
+        check_contrastive_params(cfg, key_prefix, window)
 
     def fsdp_blocks(self) -> list[torch.nn.Module]:
         return [*self.encoder.blocks(), self.projector]
@@ -77,12 +77,7 @@ class SimCLR(Method):
     def forward(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         x_BLT = batch["x"]
         B = x_BLT.shape[0]
-        generator = self.step_generator(step, x_BLT.device)
-        # Augment in float32 outside autocast (interpolation weights and noise levels are tiny numbers)
-        # and without autograd (nothing upstream of the views is trained).
-        with torch.no_grad(), torch.autocast(device_type=x_BLT.device.type, enabled=False):
-            x_BLT = x_BLT.float()
-            views_2BLT = torch.cat([self.augment(x_BLT, generator), self.augment(x_BLT, generator)])
+        views_2BLT = self.augmented_views(x_BLT, self.step_generator(step, x_BLT.device))
         h_2BD = self.encoder(views_2BLT)
         z_2BP = self.projector(h_2BD)
         z1_BP, z2_BP = z_2BP[:B], z_2BP[B:]

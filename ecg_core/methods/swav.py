@@ -60,18 +60,13 @@ from ecg_core import distributed as D
 from ecg_core.config import ConfigError
 from ecg_core.heads import ProjectionHead
 from ecg_core.losses.swav import sinkhorn, swapped_prediction_loss
-from ecg_core.methods.base import Method
+from ecg_core.methods.base import Method, seed_augmentations
 from ecg_core.transforms import build_transforms
 
 __all__ = ["Prototypes", "SwAV", "SwAVConfig"]
 
 _SOURCE = "method registry"
 _ASSIGNED_VIEWS = 2   # crops_for_assign = [0, 1] (paper and seed)
-
-
-def _seed_augmentations() -> list[dict[str, Any]]:
-    return [{"name": "random_resized_crop", "crop_ratio_range": [0.5, 1.0]},
-            {"name": "time_out", "crop_ratio_range": [0.2, 0.4]}]
 
 
 @dataclass
@@ -90,7 +85,7 @@ class SwAVConfig:
     projection_dim: int = 128              # seed feat_dim=128
     projection_layers: int = 2             # seed: Linear -> BN -> ReLU -> Linear
     projection_batch_norm: bool = True     # seed: BatchNorm1d in the head
-    augmentations: list[dict[str, Any]] = field(default_factory=_seed_augmentations)  # each view, in order
+    augmentations: list[dict[str, Any]] = field(default_factory=seed_augmentations)  # each view, in order
 
 
 class _ZeroGradient(torch.autograd.Function):
@@ -201,12 +196,7 @@ class SwAV(Method):
     def forward(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         x_BLT = batch["x"]
         B, V, A = x_BLT.shape[0], self.cfg.num_views, _ASSIGNED_VIEWS
-        generator = self.step_generator(step, x_BLT.device)
-        # Augment in float32 outside autocast (interpolation weights and noise levels are tiny numbers)
-        # and without autograd (nothing upstream of the views is trained).
-        with torch.no_grad(), torch.autocast(device_type=x_BLT.device.type, enabled=False):
-            x_BLT = x_BLT.float()
-            views_VBLT = torch.cat([self.augment(x_BLT, generator) for _ in range(V)])
+        views_VBLT = self.augmented_views(x_BLT, self.step_generator(step, x_BLT.device), V)
         # All views in one batch (the reference code batches equal-size crops together: shared BN statistics).
         h_VBD = self.encoder(views_VBLT)
         p_VBP = self.projector(h_VBD)

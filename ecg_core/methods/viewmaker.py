@@ -208,10 +208,7 @@ class Viewmaker(Method):
         their viewmaker views ``input + delta`` (after ``post_augmentations``), before gradient reversal."""
         B, L, T = x_BLT.shape
         dev = x_BLT.device
-        # Ordinary augmentations: float32, no autograd (nothing upstream of them is trained).
-        with torch.no_grad(), torch.autocast(device_type=dev.type, enabled=False):
-            x_BLT = x_BLT.float()
-            inputs_2BLT = torch.cat([self.augment(x_BLT, generator), self.augment(x_BLT, generator)])
+        inputs_2BLT = self.augmented_views(x_BLT, generator)   # ordinary augmentations
         rows_NCT = inputs_2BLT.reshape(2 * B * L, 1, T) if self.cfg.per_lead else inputs_2BLT
         delta_NCT = l1_budget(self.viewmaker(rows_NCT, generator), self.cfg.budget)
         with torch.autocast(device_type=dev.type, enabled=False):

@@ -3,8 +3,10 @@ submitit start ranks: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``M
 environment, read by :func:`ecg_core.distributed.init_distributed`.
 
 The parent calls :func:`run_ranks`; each child runs this file as a script, executes one scenario
-function and writes its results under ``args["out"]``. Children turn warnings into errors as pytest
-does (setup.cfg), and record the warnings a scenario expects instead of letting them through.
+function and writes its results under ``args["out"]``. A scenario is one of :data:`SCENARIOS` below or a
+module-level function ``(info, args)`` of a test file, passed as the function itself. Children turn
+warnings into errors as pytest does (setup.cfg), and record the warnings a scenario expects instead of
+letting them through. :func:`run_pretrain_ranks` starts the pretraining job itself on 2 ranks.
 
 Shapes: ``B`` batch, ``C`` channels, ``T`` time.
 """
@@ -12,6 +14,7 @@ Shapes: ``B`` batch, ``C`` channels, ``T`` time.
 from __future__ import annotations
 
 import faulthandler
+import importlib
 import json
 import os
 import random
@@ -22,9 +25,12 @@ import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve()
+ROOT = HERE.parents[2]
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+"""What torchrun / a scheduler sets; tests delete these for a 1-process group (tests/ecg_core/conftest.py)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -37,16 +43,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_ranks(scenario: str, world_size: int, args: dict[str, Any], timeout: float = 90.0) -> list[str]:
-    """Run ``scenario`` on ``world_size`` ranks; returns each rank's output; fails with all outputs shown."""
+def _start_ranks(argv: list[str], world_size: int, **env: str) -> list[subprocess.Popen]:
+    """``argv`` once per rank, with the rendezvous environment of torchrun (and ``env``) on a free port."""
     port = free_port()
-    procs = []
-    for rank in range(world_size):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                   LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   OMP_NUM_THREADS="1")  # ranks share the CI's 2 cores
-        procs.append(subprocess.Popen([sys.executable, str(HERE), scenario, json.dumps(args)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                             env=dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                                      MASTER_PORT=str(port), OMP_NUM_THREADS="1",   # ranks share the CI's 2 cores
+                                      **env))
+            for rank in range(world_size)]
+
+
+def scenario_name(scenario: str | Callable[..., None]) -> str:
+    """A :data:`SCENARIOS` key as is; a test file's function as ``module:function`` (importable from ROOT)."""
+    if isinstance(scenario, str):
+        return scenario
+    module = Path(sys.modules[scenario.__module__].__file__).resolve().relative_to(ROOT).with_suffix("")
+    return f"{'.'.join(module.parts)}:{scenario.__qualname__}"
+
+
+def run_ranks(scenario: str | Callable[..., None], world_size: int, args: dict[str, Any],
+              timeout: float = 90.0) -> list[str]:
+    """Run ``scenario`` on ``world_size`` ranks; returns each rank's output; fails with all outputs shown."""
+    name = scenario_name(scenario)
+    procs = _start_ranks([sys.executable, str(HERE), name, json.dumps(args)], world_size)
     deadline = time.monotonic() + timeout
     try:
         while any(p.poll() is None for p in procs):
@@ -62,8 +82,22 @@ def run_ranks(scenario: str, world_size: int, args: dict[str, Any], timeout: flo
     codes = [p.returncode for p in procs]
     if any(codes):
         shown = "\n".join(f"--- rank {r} (exit {c}) ---\n{o}" for r, (c, o) in enumerate(zip(codes, outputs)))
-        raise AssertionError(f"scenario {scenario!r} failed on {world_size} ranks:\n{shown}")
+        raise AssertionError(f"scenario {name!r} failed on {world_size} ranks:\n{shown}")
     return outputs
+
+
+def run_pretrain_ranks(run_dir: Path, wandb_mode: str, world_size: int = 2, timeout: float = 300.0) -> None:
+    """``JobRunner('pretrain')(run_dir)`` in ``world_size`` processes forming a gloo group (as a scheduler
+    starts it)."""
+    from launcher.runner import read_done
+
+    code = "import sys; from launcher.runner import JobRunner; JobRunner('pretrain')(sys.argv[1])"
+    procs = _start_ranks([sys.executable, "-c", code, str(run_dir)], world_size, WANDB_MODE=wandb_mode)
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        # torch 2.13 on CPU sometimes aborts in C++ teardown after a clean finish (see launcher/runner.py)
+        clean_abort = "terminate called without an active exception" in out and read_done(run_dir) is not None
+        assert p.returncode == 0 or clean_abort, out[-4000:]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,16 +304,26 @@ SCENARIOS = {"reference": scenario_reference, "resume": scenario_resume, "fallba
              "collectives": scenario_collectives}
 
 
+def _scenario(name: str) -> Callable[..., None]:
+    if name in SCENARIOS:
+        return SCENARIOS[name]
+    module, function = name.split(":")
+    sys.path.insert(0, str(ROOT))    # test files import as tests.<folder>.<file>, as under pytest
+    return getattr(importlib.import_module(module), function)
+
+
 def _child_main() -> None:
     faulthandler.enable()            # a C++ abort in a rank shows its Python stack in the test failure
+    scenario, args = sys.argv[1], json.loads(sys.argv[2])
+    function = _scenario(scenario)
     warnings.simplefilter("error")   # as pytest's filterwarnings = error
     from ecg_core import distributed as D
 
-    scenario, args = sys.argv[1], json.loads(sys.argv[2])
     info = D.init_distributed(prefer_cuda=False, timeout=timedelta(seconds=60))
     try:
-        D.set_deterministic()
-        SCENARIOS[scenario](info, args)
+        if scenario in SCENARIOS:    # the checkpoint scenarios compare bit-exactly
+            D.set_deterministic()
+        function(info, args)
         D.barrier()
     finally:
         D.teardown()

@@ -23,8 +23,9 @@ from ecg_core.methods import METHODS, Method, build_method, validate_method
 from ecg_core.methods.byol import BYOL, BYOLConfig
 from jobs.config import MethodConfig, PretrainConfig
 
+from .method_utils import window_batch
+
 ROOT = Path(__file__).resolve().parents[2]
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 B, T = 6, 128
 TINY = ["encoder.name=xresnet1d18", "encoder.params.base_width=4", f"data.window={T}", "steps=10"]
 
@@ -35,18 +36,7 @@ def tiny_config(name: str, *overrides: str) -> PretrainConfig:
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
     """What WindowLoader yields (only ``x`` is used)."""
-    g = torch.Generator().manual_seed(seed)
-    return {"x": torch.randn(B, 12, T, generator=g), "lead_mask": torch.ones(B, 12, dtype=torch.bool),
-            "store": torch.zeros(B, dtype=torch.int64), "record": torch.arange(B), "start": torch.zeros(B)}
-
-
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    info = D.init_distributed(prefer_cuda=False)
-    yield info
-    D.teardown()
+    return window_batch(B, T, seed)
 
 
 def full(t: torch.Tensor) -> torch.Tensor:

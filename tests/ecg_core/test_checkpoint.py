@@ -22,9 +22,7 @@ from ecg_core.checkpoint import (
     resolve_checkpoint,
 )
 
-from .dist_utils import ToySampler, build, run_ranks, tiny_model, train_step
-
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+from .dist_utils import DIST_ENV, ToySampler, build, run_ranks, tiny_model, train_step
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +33,6 @@ def two_rank_run(tmp_path_factory):
     out.mkdir()
     run_ranks("reference", 2, {"out": str(out), "run_dir": str(run_dir)})
     return {"out": out, "run_dir": run_dir}
-
-
-@pytest.fixture
-def pg(monkeypatch):
-    """A 1-rank gloo group in this process (HashStore, no port)."""
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    info = D.init_distributed(prefer_cuda=False)
-    yield info
-    D.teardown()
 
 
 def _max_abs_diff(a: dict, b: dict) -> float:
@@ -93,8 +81,8 @@ def test_checkpoint_layout(two_rank_run):
 # (b) a 2-rank checkpoint read by 1 rank, and by a plain module without a process group
 # ------------------------------------------------------------------------------------------------
 
-def test_two_rank_checkpoint_loads_into_one_rank(two_rank_run, pg):
-    model, opt, sampler = build(pg)
+def test_two_rank_checkpoint_loads_into_one_rank(two_rank_run, one_rank_group):
+    model, opt, sampler = build(one_rank_group)
     with pytest.warns(RuntimeWarning, match="saved by 2 ranks and is loaded by 1"):
         restored = Checkpointer(two_rank_run["run_dir"]).load(model, opt)
     assert restored["step"] == 2 and restored["world_size"] == 2
@@ -212,7 +200,7 @@ def _truncate_shard_single(path):
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
-def test_damaged_newest_falls_back_with_warning(pg, tmp_path, damage):
+def test_damaged_newest_falls_back_with_warning(one_rank_group, tmp_path, damage):
     model, opt = _linear_model()
     ckpt = Checkpointer(tmp_path, keep=3)
     states = _save_steps(ckpt, model, opt, [1, 2])
@@ -229,7 +217,7 @@ def test_damaged_newest_falls_back_with_warning(pg, tmp_path, damage):
     assert ckpt.latest().name == ("step_0000002" if damage == "garbled_distcp_same_size" else "step_0000001")
 
 
-def test_all_damaged_raises_naming_each(pg, tmp_path):
+def test_all_damaged_raises_naming_each(one_rank_group, tmp_path):
     model, opt = _linear_model()
     ckpt = Checkpointer(tmp_path)
     _save_steps(ckpt, model, opt, [1, 2])
@@ -243,7 +231,7 @@ def test_all_damaged_raises_naming_each(pg, tmp_path):
         resolve_checkpoint(tmp_path)
 
 
-def test_no_checkpoint_returns_none(pg, tmp_path):
+def test_no_checkpoint_returns_none(one_rank_group, tmp_path):
     model, opt = _linear_model()
     ckpt = Checkpointer(tmp_path)
     assert ckpt.latest() is None and ckpt.load(model, opt) is None
@@ -259,7 +247,7 @@ def _names(tmp_path):
     return sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
 
 
-def test_keep_last_k_and_crash_mid_save(pg, tmp_path):
+def test_keep_last_k_and_crash_mid_save(one_rank_group, tmp_path):
     model, opt = _linear_model()
     ckpt = Checkpointer(tmp_path, keep=2)
     states = _save_steps(ckpt, model, opt, [1, 2, 3, 4])
@@ -279,7 +267,7 @@ def test_keep_last_k_and_crash_mid_save(pg, tmp_path):
     assert ckpt.load(model, opt)["step"] == 5                      # no warning now
 
 
-def test_saving_a_step_again_replaces_it(pg, tmp_path):
+def test_saving_a_step_again_replaces_it(one_rank_group, tmp_path):
     model, opt = _linear_model()
     ckpt = Checkpointer(tmp_path, keep=1)
     _save_steps(ckpt, model, opt, [1])
@@ -292,7 +280,7 @@ def test_saving_a_step_again_replaces_it(pg, tmp_path):
     assert all(torch.equal(v, states[1][k]) for k, v in model.state_dict().items())
 
 
-def test_damaged_dirs_older_than_newest_are_pruned(pg, tmp_path):
+def test_damaged_dirs_older_than_newest_are_pruned(one_rank_group, tmp_path):
     model, opt = _linear_model()
     ckpt = Checkpointer(tmp_path, keep=3)
     _save_steps(ckpt, model, opt, [1, 2])
@@ -305,7 +293,7 @@ def test_damaged_dirs_older_than_newest_are_pruned(pg, tmp_path):
 # RNG round trip, guards, argument checks
 # ------------------------------------------------------------------------------------------------
 
-def test_rng_states_are_restored(pg, tmp_path):
+def test_rng_states_are_restored(one_rank_group, tmp_path):
     import random
 
     import numpy as np
@@ -330,7 +318,7 @@ def test_assert_finite():
             assert_finite(bad, 17)
 
 
-def test_save_refuses_non_finite_model_and_bad_state(pg, tmp_path):
+def test_save_refuses_non_finite_model_and_bad_state(one_rank_group, tmp_path):
     model, opt = _linear_model()
     ckpt = Checkpointer(tmp_path)
     with pytest.raises(ValueError, match="train_state"):
@@ -346,7 +334,7 @@ def test_save_refuses_non_finite_model_and_bad_state(pg, tmp_path):
         Checkpointer(tmp_path, keep=0)
 
 
-def test_optimizer_is_optional(pg, tmp_path):
+def test_optimizer_is_optional(one_rank_group, tmp_path):
     model, _ = _linear_model()
     ckpt = Checkpointer(tmp_path)
     ckpt.save(1, model, None, {}, ToySampler(0, 1).state_dict(), "")

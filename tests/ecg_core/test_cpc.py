@@ -25,9 +25,10 @@ from ecg_core.methods import METHODS, build_method, validate_method
 from ecg_core.methods.cpc import CPC, CPCConfig
 from jobs.config import EncoderConfig, MethodConfig, PretrainConfig
 
+from .method_utils import window_batch
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "experiments" / "cpc.yaml"
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 B, T = 4, 300                      # 300 samples / input_pool 5 = 60 steps
 TINY = ["encoder.params.base_width=8", f"data.window={T}", "method.params.num_negatives=16"]
 
@@ -37,18 +38,7 @@ def tiny_config(*overrides: str) -> PretrainConfig:
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"x": torch.randn(B, 12, T, generator=g), "lead_mask": torch.ones(B, 12, dtype=torch.bool),
-            "store": torch.zeros(B, dtype=torch.int64), "record": torch.arange(B), "start": torch.zeros(B)}
-
-
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    info = D.init_distributed(prefer_cuda=False)
-    yield info
-    D.teardown()
+    return window_batch(B, T, seed)
 
 
 # ------------------------------------------------------------------------------------------------

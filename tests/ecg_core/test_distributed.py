@@ -11,16 +11,6 @@ from ecg_core import distributed as D
 
 from .dist_utils import gather_inputs, gather_loss, run_ranks, tiny_model
 
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-@pytest.fixture
-def no_dist_env(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    yield
-    D.teardown()
-
 
 def test_single_process_init_twice_without_env(no_dist_env):
     for _ in range(2):

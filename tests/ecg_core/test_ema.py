@@ -8,11 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import warnings
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +18,7 @@ from torch.distributed.tensor import DTensor
 from ecg_core import distributed as D
 from ecg_core.ema import ema_update, make_target, momentum_at
 
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+from .dist_utils import run_ranks
 
 
 def net(seed: int) -> nn.Module:
@@ -51,15 +46,6 @@ def naive_ema(target: nn.Module, online: nn.Module, m: float) -> dict[str, torch
 
 def full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    info = D.init_distributed(prefer_cuda=False)
-    yield info
-    D.teardown()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,22 +152,7 @@ def test_fsdp2_one_rank_sharded_update_equals_unsharded(one_rank_group):
 
 
 def test_fsdp2_two_ranks_uneven_shards_equal_unsharded(tmp_path):
-    from .dist_utils import free_port
-
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, __file__, str(tmp_path)], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    try:
-        outputs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(f"--- rank {r} ---\n{o}" for r, o in enumerate(outputs))
+    run_ranks(_on_rank, 2, {"out": str(tmp_path)}, timeout=120)
     plain_target, plain_online = net(0), net(1)
     ema_update(plain_target, plain_online, 0.7)
     result = torch.load(tmp_path / "rank0.pt")
@@ -192,24 +163,13 @@ def test_fsdp2_two_ranks_uneven_shards_equal_unsharded(tmp_path):
     assert shapes[0]["4.weight"] == [4, 40] and shapes[1]["4.weight"] == [3, 40]   # 7 rows: uneven shards
 
 
-def _rank_main(out_dir: Path) -> None:
-    warnings.simplefilter("error")   # as pytest's filterwarnings = error
-    info = D.init_distributed(prefer_cuda=False, timeout=timedelta(seconds=60))
-    try:
-        target, online = _sharded(0), _sharded(1)
-        ema_update(target, online, 0.7)
-        local_shapes = {k: list(p.to_local().shape) for k, p in target.named_parameters()}
-        state = {k: full(v).clone() for k, v in target.state_dict().items()}   # collective
-        if info.rank == 0:
-            torch.save(state, out_dir / "rank0.pt")
-        (out_dir / f"rank{info.rank}.json").write_text(json.dumps(local_shapes))
-        D.barrier()
-    finally:
-        D.teardown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)   # skip interpreter finalization (see tests/ecg_core/dist_utils.py: a rare gloo abort there)
-
-
-if __name__ == "__main__":
-    _rank_main(Path(sys.argv[1]))
+def _on_rank(info, args) -> None:
+    """One rank of the test above (a :func:`dist_utils.run_ranks` scenario); results go to ``args["out"]``."""
+    out_dir = Path(args["out"])
+    target, online = _sharded(0), _sharded(1)
+    ema_update(target, online, 0.7)
+    local_shapes = {k: list(p.to_local().shape) for k, p in target.named_parameters()}
+    state = {k: full(v).clone() for k, v in target.state_dict().items()}   # collective
+    if info.rank == 0:
+        torch.save(state, out_dir / "rank0.pt")
+    (out_dir / f"rank{info.rank}.json").write_text(json.dumps(local_shapes))

@@ -12,7 +12,6 @@ from ecg_core.config import ConfigError
 from ecg_core.encoders import ENCODERS, build_encoder, count_parameters, validate_encoder
 from jobs.config import EncoderConfig
 
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 # out_dim at base_width 8: 8 * 8 (basic), 32 * 8 (bottleneck), 2 * 4 * 8 (seed: 8-wide stages x 4, concat pool)
 TINY_OUT_DIM = {"xresnet1d18": 64, "xresnet1d34": 64, "xresnet1d50": 256, "xresnet1d101": 256,
@@ -25,15 +24,6 @@ STANDARD_PARAMS = {"xresnet1d18": 6_302_080, "xresnet1d34": 11_921_024, "xresnet
                    "xresnet1d101": 33_021_824, "xresnet1d50_seed": 886_432}
 STANDARD_OUT_DIM = {"xresnet1d18": 512, "xresnet1d34": 512, "xresnet1d50": 2048, "xresnet1d101": 2048,
                     "xresnet1d50_seed": 512}
-
-
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    D.init_distributed(prefer_cuda=False)
-    yield
-    D.teardown()
 
 
 # The xresnet family (``base_width`` parameter); other families have their own test files (test_vit1d.py).

@@ -19,9 +19,10 @@ from ecg_core.methods import METHODS, build_method, validate_method
 from ecg_core.methods.jepa import JEPA, JEPAConfig, block_length, jepa_loss, sample_jepa_masks
 from jobs.config import PretrainConfig
 
+from .method_utils import window_batch
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "experiments" / "jepa.yaml"
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 B, T = 4, 500
 # 50 patches of 10 samples: the seed's 4 blocks of up to 20 % fit with at least 6 context patches.
 TINY = ["encoder.params.depth=2", "encoder.params.dim=32", "encoder.params.heads=2", "encoder.params.patch_size=10",
@@ -41,19 +42,7 @@ def build(*overrides: str, total_steps: int | None = 100) -> JEPA:
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"x": torch.randn(B, 12, T, generator=g), "lead_mask": torch.ones(B, 12, dtype=torch.bool),
-            "store": torch.zeros(B, dtype=torch.int64), "record": torch.arange(B),
-            "start": torch.zeros(B, dtype=torch.int64)}
-
-
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    D.init_distributed(prefer_cuda=False)
-    yield
-    D.teardown()
+    return window_batch(B, T, seed, start_dtype=torch.int64)
 
 
 def test_recipe_builds_the_documented_method():

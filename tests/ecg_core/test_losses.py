@@ -10,11 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import warnings
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +18,7 @@ import torch
 from ecg_core import distributed as D
 from ecg_core.losses import nt_xent
 
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+from .dist_utils import run_ranks
 
 
 def reference_nt_xent(z1_ND: torch.Tensor, z2_ND: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -48,14 +43,6 @@ def pairs(n: int, d: int = 6, seed: int = 0):
     z1 = torch.randn(n, d, generator=g, dtype=torch.float64)
     z2 = z1 + 0.5 * torch.randn(n, d, generator=g, dtype=torch.float64)   # correlated views
     return z1, z2
-
-
-@pytest.fixture
-def no_dist_env(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    yield
-    D.teardown()
 
 
 @pytest.mark.parametrize("temperature", [0.05, 0.1, 0.5, 1.0])
@@ -119,22 +106,7 @@ N_PER_RANK, TEMPERATURE = 3, 0.2
 
 
 def test_two_ranks_with_half_batches_equal_one_process_with_the_full_batch(tmp_path):
-    from .dist_utils import free_port
-
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, __file__, str(tmp_path)], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    try:
-        outputs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(f"--- rank {r} ---\n{o}" for r, o in enumerate(outputs))
+    run_ranks(_on_rank, 2, {"out": str(tmp_path)}, timeout=120)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
     z1, z2 = (z.requires_grad_(True) for z in pairs(2 * N_PER_RANK, seed=11))
@@ -149,24 +121,13 @@ def test_two_ranks_with_half_batches_equal_one_process_with_the_full_batch(tmp_p
         assert torch.allclose(torch.tensor(result["grad2"], dtype=torch.float64) / 2, z2.grad[rows], atol=1e-12)
 
 
-def _rank_main(out_dir: Path) -> None:
-    warnings.simplefilter("error")   # as pytest's filterwarnings = error
-    info = D.init_distributed(prefer_cuda=False, timeout=timedelta(seconds=60))
-    try:
-        z1, z2 = pairs(2 * N_PER_RANK, seed=11)
-        rows = slice(info.rank * N_PER_RANK, (info.rank + 1) * N_PER_RANK)
-        a1, a2 = z1[rows].clone().requires_grad_(True), z2[rows].clone().requires_grad_(True)
-        loss = nt_xent(a1, a2, TEMPERATURE)
-        loss.backward()
-        result = {"loss": loss.item(), "grad1": a1.grad.tolist(), "grad2": a2.grad.tolist()}
-        (out_dir / f"rank{info.rank}.json").write_text(json.dumps(result))
-        D.barrier()
-    finally:
-        D.teardown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)   # skip interpreter finalization (see tests/ecg_core/dist_utils.py: a rare gloo abort there)
-
-
-if __name__ == "__main__":
-    _rank_main(Path(sys.argv[1]))
+def _on_rank(info, args) -> None:
+    """One rank of the test above (a :func:`dist_utils.run_ranks` scenario); results go to ``args["out"]``."""
+    out_dir = Path(args["out"])
+    z1, z2 = pairs(2 * N_PER_RANK, seed=11)
+    rows = slice(info.rank * N_PER_RANK, (info.rank + 1) * N_PER_RANK)
+    a1, a2 = z1[rows].clone().requires_grad_(True), z2[rows].clone().requires_grad_(True)
+    loss = nt_xent(a1, a2, TEMPERATURE)
+    loss.backward()
+    result = {"loss": loss.item(), "grad1": a1.grad.tolist(), "grad2": a2.grad.tolist()}
+    (out_dir / f"rank{info.rank}.json").write_text(json.dumps(result))

@@ -18,9 +18,10 @@ from ecg_core.methods import METHODS, build_method, validate_method
 from ecg_core.methods.mae import MAE, MAEConfig, masked_patch_mse, patchify, random_masking
 from jobs.config import EncoderConfig, PretrainConfig
 
+from .method_utils import window_batch
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "experiments" / "mae.yaml"
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 B, T = 4, 500
 TINY = ["encoder.params.depth=2", "encoder.params.dim=32", "encoder.params.heads=2", f"data.window={T}",
         "method.params.decoder_dim=16", "method.params.decoder_depth=1", "method.params.decoder_heads=2"]
@@ -31,21 +32,10 @@ def tiny_config(*overrides: str) -> PretrainConfig:
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    lead_mask = torch.ones(B, 12, dtype=torch.bool)
-    lead_mask[1, 6:] = False                                   # a limb-lead-only record
-    x = torch.randn(B, 12, T, generator=g) * lead_mask[..., None]
-    return {"x": x, "lead_mask": lead_mask, "store": torch.zeros(B, dtype=torch.int64), "record": torch.arange(B),
-            "start": torch.zeros(B, dtype=torch.int64)}
-
-
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    D.init_distributed(prefer_cuda=False)
-    yield
-    D.teardown()
+    out = window_batch(B, T, seed, start_dtype=torch.int64)
+    out["lead_mask"][1, 6:] = False                            # a limb-lead-only record
+    out["x"] = out["x"] * out["lead_mask"][..., None]
+    return out
 
 
 def test_recipe_builds_the_documented_method():

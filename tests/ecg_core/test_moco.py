@@ -9,23 +9,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
-import warnings
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from ecg_core import distributed as D
 from ecg_core.config import ConfigError, load_config
 from ecg_core.losses import info_nce
 from ecg_core.methods import METHODS, build_method, validate_method
 from ecg_core.methods.moco import MoCoV3, MoCoV3Config, moco_mlp
 from jobs.config import MethodConfig, PretrainConfig
+
+from .dist_utils import run_ranks
 
 ROOT = Path(__file__).resolve().parents[2]
 N_PER_RANK, TEMPERATURE = 3, 0.2
@@ -98,22 +94,7 @@ def test_info_nce_rejects_bad_arguments(tau):
 
 def test_info_nce_two_ranks_with_gathered_keys(tmp_path):
     """Each rank: its queries against the keys of both ranks, positives at ``rank * N + n``."""
-    from .dist_utils import free_port
-
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, __file__, str(tmp_path)], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    try:
-        outputs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(f"--- rank {r} ---\n{o}" for r, o in enumerate(outputs))
+    run_ranks(_on_rank, 2, {"out": str(tmp_path)}, timeout=120)
     q, k = pairs(2 * N_PER_RANK, seed=11)
     for rank in range(2):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -125,23 +106,16 @@ def test_info_nce_two_ranks_with_gathered_keys(tmp_path):
         assert torch.allclose(torch.tensor(result["grad"], dtype=torch.float64), q_local.grad, atol=1e-12)
 
 
-def _rank_main(out_dir: Path) -> None:
-    warnings.simplefilter("error")   # as pytest's filterwarnings = error
-    info = D.init_distributed(prefer_cuda=False, timeout=timedelta(seconds=60))
-    try:
-        q, k = pairs(2 * N_PER_RANK, seed=11)
-        rows = slice(info.rank * N_PER_RANK, (info.rank + 1) * N_PER_RANK)
-        q_local = q[rows].clone().requires_grad_(True)
-        loss = info_nce(q_local, k[rows], TEMPERATURE)   # keys without grad, as MoCo's momentum keys
-        loss.backward()
-        (out_dir / f"rank{info.rank}.json").write_text(json.dumps({"loss": loss.item(),
-                                                                   "grad": q_local.grad.tolist()}))
-        D.barrier()
-    finally:
-        D.teardown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)   # skip interpreter finalization (see tests/ecg_core/dist_utils.py: a rare gloo abort there)
+def _on_rank(info, args) -> None:
+    """One rank of the test above (a :func:`dist_utils.run_ranks` scenario); results go to ``args["out"]``."""
+    out_dir = Path(args["out"])
+    q, k = pairs(2 * N_PER_RANK, seed=11)
+    rows = slice(info.rank * N_PER_RANK, (info.rank + 1) * N_PER_RANK)
+    q_local = q[rows].clone().requires_grad_(True)
+    loss = info_nce(q_local, k[rows], TEMPERATURE)   # keys without grad, as MoCo's momentum keys
+    loss.backward()
+    (out_dir / f"rank{info.rank}.json").write_text(json.dumps({"loss": loss.item(),
+                                                               "grad": q_local.grad.tolist()}))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,7 +174,3 @@ def test_two_cpu_steps_finite_changing_and_target_moves_only_by_ema():
     assert all(math.isfinite(v) for v in losses) and losses[0] != losses[1]
     # 2 tau * 2 InfoNCE terms, each at most about log B for a random network
     assert all(0 < v < 2 * 1.0 * 2 * (math.log(B) + 1) for v in losses)
-
-
-if __name__ == "__main__":
-    _rank_main(Path(sys.argv[1]))

@@ -9,17 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
-import warnings
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 
-from ecg_core import distributed as D
 from ecg_core.config import ConfigError, load_config
 from ecg_core.data.config import StoreSource
 from ecg_core.data.loader import WindowLoader
@@ -28,18 +22,10 @@ from ecg_core.methods import METHODS, build_method, validate_method
 from ecg_core.methods.patient_contrastive import MODE_PAIRING, PatientContrastive, PatientContrastiveConfig
 from jobs.config import MethodConfig, PretrainConfig
 
+from .dist_utils import run_ranks
+
 ROOT = Path(__file__).resolve().parents[1].parent
 RECIPE = ROOT / "experiments" / "patient_contrastive.yaml"
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-@pytest.fixture
-def no_dist_env(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    D.teardown()
-    yield
-    D.teardown()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,22 +159,7 @@ def _dist_inputs():
 
 
 def test_two_ranks_equal_one_process_with_the_full_batch(tmp_path):
-    from .dist_utils import free_port
-
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, __file__, str(tmp_path)], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    try:
-        outputs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(f"--- rank {r} ---\n{o}" for r, o in enumerate(outputs))
+    run_ranks(_on_rank, 2, {"out": str(tmp_path)}, timeout=120)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
     za, zb, labels = _dist_inputs()
@@ -208,26 +179,19 @@ def test_two_ranks_equal_one_process_with_the_full_batch(tmp_path):
             assert torch.allclose(torch.tensor(result[key], dtype=torch.float64) / 2, full[rows], atol=1e-12), key
 
 
-def _rank_main(out_dir: Path) -> None:
-    warnings.simplefilter("error")   # as pytest's filterwarnings = error
-    info = D.init_distributed(prefer_cuda=False, timeout=timedelta(seconds=60))
-    try:
-        za, zb, labels = _dist_inputs()
-        rows = slice(info.rank * HALF, (info.rank + 1) * HALF)
-        a, b = za[rows].clone().requires_grad_(True), zb[rows].clone().requires_grad_(True)
-        sup = supcon_loss(a, labels[rows], DIST_TAU)
-        grad_sup, = torch.autograd.grad(sup, a)
-        clocs = clocs_loss(a, b, labels[rows], DIST_TAU)
-        grad_a, grad_b = torch.autograd.grad(clocs, (a, b))
-        result = {"supcon": sup.item(), "clocs": clocs.item(), "grad_supcon": grad_sup.tolist(),
-                  "grad_clocs_a": grad_a.tolist(), "grad_clocs_b": grad_b.tolist()}
-        (out_dir / f"rank{info.rank}.json").write_text(json.dumps(result))
-        D.barrier()
-    finally:
-        D.teardown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)   # skip interpreter finalization (see tests/ecg_core/dist_utils.py: a rare gloo abort there)
+def _on_rank(info, args) -> None:
+    """One rank of the test above (a :func:`dist_utils.run_ranks` scenario); results go to ``args["out"]``."""
+    out_dir = Path(args["out"])
+    za, zb, labels = _dist_inputs()
+    rows = slice(info.rank * HALF, (info.rank + 1) * HALF)
+    a, b = za[rows].clone().requires_grad_(True), zb[rows].clone().requires_grad_(True)
+    sup = supcon_loss(a, labels[rows], DIST_TAU)
+    grad_sup, = torch.autograd.grad(sup, a)
+    clocs = clocs_loss(a, b, labels[rows], DIST_TAU)
+    grad_a, grad_b = torch.autograd.grad(clocs, (a, b))
+    result = {"supcon": sup.item(), "clocs": clocs.item(), "grad_supcon": grad_sup.tolist(),
+              "grad_clocs_a": grad_a.tolist(), "grad_clocs_b": grad_b.tolist()}
+    (out_dir / f"rank{info.rank}.json").write_text(json.dumps(result))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,7 +299,3 @@ def test_augmentations_depend_only_on_seed_and_step(store):
     torch.manual_seed(2)   # the global RNG state must not matter
     assert torch.equal(first, method.training_step(b, 5)["loss"])
     assert not torch.equal(first, method.training_step(b, 6)["loss"])
-
-
-if __name__ == "__main__":
-    _rank_main(Path(sys.argv[1]))

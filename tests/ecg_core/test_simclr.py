@@ -19,9 +19,10 @@ from ecg_core.methods import METHODS, Method, build_method, step_seed, validate_
 from ecg_core.methods.simclr import SimCLR, SimCLRConfig
 from jobs.config import MethodConfig, PretrainConfig
 
+from .method_utils import window_batch
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "experiments" / "simclr.yaml"
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 B, T = 6, 128
 TINY = ["encoder.params.base_width=8", f"data.window={T}"]
 
@@ -32,18 +33,7 @@ def tiny_config(*overrides: str) -> PretrainConfig:
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
     """What WindowLoader yields (only ``x`` is used by SimCLR)."""
-    g = torch.Generator().manual_seed(seed)
-    return {"x": torch.randn(B, 12, T, generator=g), "lead_mask": torch.ones(B, 12, dtype=torch.bool),
-            "store": torch.zeros(B, dtype=torch.int64), "record": torch.arange(B), "start": torch.zeros(B)}
-
-
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    info = D.init_distributed(prefer_cuda=False)
-    yield info
-    D.teardown()
+    return window_batch(B, T, seed)
 
 
 def test_registry():

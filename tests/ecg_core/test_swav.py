@@ -11,11 +11,6 @@ Shapes: ``B`` batch, ``K`` prototypes, ``V`` views, ``A`` assigned views, ``P`` 
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import warnings
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -30,9 +25,11 @@ from ecg_core.methods import METHODS, Method, build_method, validate_method
 from ecg_core.methods.swav import SwAV, SwAVConfig
 from jobs.config import MethodConfig, PretrainConfig
 
+from .dist_utils import run_ranks
+from .method_utils import window_batch
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "experiments" / "swav.yaml"
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 B, T = 4, 128
 # A small, quick SwAV: 18-layer encoder 4 wide, 16 prototypes in 8 dimensions.
 TINY = ["encoder.name=xresnet1d18", "encoder.params.base_width=4", f"data.window={T}", f"data.batch_size={B}",
@@ -177,18 +174,7 @@ def tiny_config(*overrides: str) -> PretrainConfig:
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"x": torch.randn(B, 12, T, generator=g), "lead_mask": torch.ones(B, 12, dtype=torch.bool),
-            "store": torch.zeros(B, dtype=torch.int64), "record": torch.arange(B), "start": torch.zeros(B)}
-
-
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    info = D.init_distributed(prefer_cuda=False)
-    yield info
-    D.teardown()
+    return window_batch(B, T, seed)
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
@@ -366,22 +352,7 @@ K_DIST, QUEUE = 6, 16
 
 
 def test_two_ranks(tmp_path):
-    from .dist_utils import free_port
-
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, __file__, str(tmp_path)], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    try:
-        outputs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(f"--- rank {r} ---\n{o}" for r, o in enumerate(outputs))
+    run_ranks(_on_rank, 2, {"out": str(tmp_path)}, timeout=120)
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
     # Distributed Sinkhorn on the two parts == 1-process Sinkhorn on the whole batch.
@@ -402,46 +373,35 @@ def test_two_ranks(tmp_path):
     assert results[0]["in_use"] == [0.0, 0.0, 0.0, 1.0]
 
 
-def _rank_main(out_dir: Path) -> None:
-    warnings.simplefilter("error")   # as pytest's filterwarnings = error
-    info = D.init_distributed(prefer_cuda=False, timeout=timedelta(seconds=60))
-    try:
-        scores = random_scores(sum(ROWS), K_DIST, seed=5)
-        start = sum(ROWS[:info.rank])
-        codes = sinkhorn(scores[start:start + ROWS[info.rank]], 0.05, 3)
+def _on_rank(info, args) -> None:
+    """One rank of the test above (a :func:`dist_utils.run_ranks` scenario); results go to ``args["out"]``."""
+    out_dir = Path(args["out"])
+    scores = random_scores(sum(ROWS), K_DIST, seed=5)
+    start = sum(ROWS[:info.rank])
+    codes = sinkhorn(scores[start:start + ROWS[info.rank]], 0.05, 3)
 
-        # Per-rank queue share 8 = 2 batches of 4: filled after steps 0 and 1... used from step 2; here
-        # queue_start_step=1 so it is used from step 3.
-        torch.manual_seed(0)
-        method = build_method(tiny_config(f"method.params.queue_length={QUEUE}", "method.params.queue_start_step=1"),
-                              generator_seed=0)
-        D.shard_model(method, method.fsdp_blocks())
-        pushed = []
-        original_push = method._push_to_queue
+    # Per-rank queue share 8 = 2 batches of 4: filled after steps 0 and 1... used from step 2; here
+    # queue_start_step=1 so it is used from step 3.
+    torch.manual_seed(0)
+    method = build_method(tiny_config(f"method.params.queue_length={QUEUE}", "method.params.queue_start_step=1"),
+                          generator_seed=0)
+    D.shard_model(method, method.fsdp_blocks())
+    pushed = []
+    original_push = method._push_to_queue
 
-        def push(z_ABP):
-            pushed.append(z_ABP.clone())
-            original_push(z_ABP)
-        method._push_to_queue = push
-        optimizer = torch.optim.AdamW(method.parameters(), lr=1e-2)
-        losses, in_use = [], []
-        for step in range(4):
-            out = method.training_step(batch(10 * step + info.rank), step)
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            optimizer.step()
-            method.after_optimizer_step(step)
-            losses.append(out["loss"].item())
-            in_use.append(out["queue_in_use"].item())
-        torch.save({"codes": codes, "queue": method.queue_AQP.clone(), "pushed": pushed, "losses": losses,
-                    "in_use": in_use}, out_dir / f"rank{info.rank}.pt")
-        D.barrier()
-    finally:
-        D.teardown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)   # skip interpreter finalization (see tests/ecg_core/dist_utils.py: a rare gloo abort there)
-
-
-if __name__ == "__main__":
-    _rank_main(Path(sys.argv[1]))
+    def push(z_ABP):
+        pushed.append(z_ABP.clone())
+        original_push(z_ABP)
+    method._push_to_queue = push
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-2)
+    losses, in_use = [], []
+    for step in range(4):
+        out = method.training_step(batch(10 * step + info.rank), step)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        method.after_optimizer_step(step)
+        losses.append(out["loss"].item())
+        in_use.append(out["queue_in_use"].item())
+    torch.save({"codes": codes, "queue": method.queue_AQP.clone(), "pushed": pushed, "losses": losses,
+                "in_use": in_use}, out_dir / f"rank{info.rank}.pt")

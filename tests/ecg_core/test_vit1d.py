@@ -14,22 +14,12 @@ from ecg_core.encoders import ENCODERS, build_encoder, count_parameters, validat
 from ecg_core.encoders.vit1d import MaskTokenPredictor, ViT1d, gather_tokens, sincos_pos_embed
 from jobs.config import EncoderConfig, PretrainConfig
 
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 VITS = ("vit1d_tiny", "vit1d_small", "vit1d_base")
 TINY = {"depth": 2, "dim": 32, "heads": 2}
 # Counted here (meta device). Seed 4's ecgt_tiny has 5,404,416 at 25-sample patches: this module's
 # 5,396,544 there plus its 41 x 192 sin-cos table, which the seed stores as a frozen parameter.
 STANDARD_PARAMS = {"vit1d_tiny": 5_454_144, "vit1d_small": 21_525_120, "vit1d_base": 85_517_568}
 STANDARD_OUT_DIM = {"vit1d_tiny": 192, "vit1d_small": 384, "vit1d_base": 768}
-
-
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    D.init_distributed(prefer_cuda=False)
-    yield
-    D.teardown()
 
 
 def test_registered():

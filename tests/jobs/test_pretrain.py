@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +14,9 @@ from ecg_core.config import load_config, save_config
 from ecg_core.data.config import StoreSource
 from ecg_core.tracking import read_offline_run
 from jobs.config import PretrainConfig
-from launcher.runner import JobRunner, read_done
+from launcher.runner import JobRunner
+
+from ..ecg_core.dist_utils import run_pretrain_ranks
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["encoder.params.base_width=4", "data.window=500", "data.batch_size=4", "data.block_len=65536",
@@ -33,24 +31,6 @@ def write_config(run_dir: Path, store: Path, steps: int, run_id: str) -> Pretrai
         cfg.data, stores=[StoreSource(path=str(store), folds=[1, 2, 3, 4, 5, 6, 7, 8])]))
     save_config(cfg, run_dir / "config.yaml")
     return cfg
-
-
-def run_two_ranks(run_dir: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    code = "import sys; from launcher.runner import JobRunner; JobRunner('pretrain')(sys.argv[1])"
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True,
-                              env=dict(os.environ, RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r),
-                                       LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                                       OMP_NUM_THREADS="1", WANDB_MODE="offline"))
-             for r in range(2)]
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        # torch 2.13 on CPU sometimes aborts in C++ teardown after a clean finish (see launcher/runner.py)
-        clean_abort = "terminate called without an active exception" in out and read_done(run_dir) is not None
-        assert p.returncode == 0 or clean_abort, out[-4000:]
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -91,12 +71,12 @@ def test_one_rank_in_process_resume_is_exact_and_logged(demo_store, tmp_path):
 def test_two_gloo_ranks_fsdp2_resume_is_exact(demo_store, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     write_config(straight, demo_store, 4, "straight2")
-    run_two_ranks(straight)
+    run_pretrain_ranks(straight, wandb_mode="offline")
     write_config(resumed, demo_store, 2, "resumed2")
-    run_two_ranks(resumed)
+    run_pretrain_ranks(resumed, wandb_mode="offline")
     (resumed / "DONE").unlink()
     write_config(resumed, demo_store, 4, "resumed2")
-    run_two_ranks(resumed)
+    run_pretrain_ranks(resumed, wandb_mode="offline")
     assert json.loads((resumed / "DONE").read_text())["world_size"] == 2
     a, b = final_weights(straight), final_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,22 @@
+"""Fixtures shared by the library tests: a process with no distributed environment, a 1-rank gloo group."""
+import pytest
+
+from ecg_core import distributed as D
+
+from .dist_utils import DIST_ENV
+
+
+@pytest.fixture
+def no_dist_env(monkeypatch):
+    """No torchrun / scheduler variables and no process group; whatever the test starts is torn down after."""
+    for name in DIST_ENV:
+        monkeypatch.delenv(name, raising=False)
+    D.teardown()
+    yield
+    D.teardown()
+
+
+@pytest.fixture
+def one_rank_group(no_dist_env):
+    """A 1-rank gloo group in this process (HashStore, no port); yields its ``DistInfo``."""
+    return D.init_distributed(prefer_cuda=False)
