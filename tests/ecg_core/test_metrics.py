@@ -337,6 +337,7 @@ def test_bootstrap_counts_valid_resamples_with_a_rare_class():
     rng = np.random.default_rng(seed)
     expected = sum(9 in rng.integers(0, n, size=n) for _ in range(n_resamples))
     assert 0.5 * n_resamples < expected < 0.75 * n_resamples   # about 1 - (1 - 1/40)^40 = 0.64
+
     def auroc_or_raise(labels, s):
         if labels.min() == labels.max():
             raise ValueError("one class only")
