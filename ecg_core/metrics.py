@@ -26,10 +26,11 @@ Challenge score
 Bootstrap
     ``bootstrap_ci`` / ``paired_bootstrap`` resample records (rows) with replacement and take percentile
     intervals (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13). They accept any metric
-    callable. ``bootstrap_macro_auroc`` / ``paired_bootstrap_macro_auroc`` compute the same numbers for
-    macro AUROC (same seed, same resamples) without re-sorting each resample: a resample is a vector of
-    multiplicities per record, and its AUROC is a weighted Mann-Whitney U statistic (see
-    ``_resampled_auroc``).
+    callable. ``bootstrap_macro_auroc`` / ``paired_bootstrap_macro_auroc``, ``bootstrap_macro_auprc`` and
+    ``bootstrap_macro_f1`` compute the same numbers for their metric (same seed, same resamples) without
+    re-sorting each resample: a resample is a vector of multiplicities per record, and its metric is the
+    full-data metric with each record weighted by its multiplicity (see ``_resampled_auroc``,
+    ``_resampled_auprc`` and ``_resampled_macro_f1``).
 """
 from __future__ import annotations
 
@@ -50,7 +51,9 @@ __all__ = [
     "ClassMetric",
     "PairedResult",
     "bootstrap_ci",
+    "bootstrap_macro_auprc",
     "bootstrap_macro_auroc",
+    "bootstrap_macro_f1",
     "challenge_score",
     "challenge_weights",
     "choose_thresholds",
@@ -531,15 +534,85 @@ def _resampled_auroc(y_N: np.ndarray, s_N: np.ndarray, k_BN: np.ndarray) -> np.n
         return np.where((n_pos_B > 0) & (n_neg_B > 0), numerator_B / (n_pos_B * n_neg_B), np.nan)
 
 
-def _resampled_macro_auroc(y_NC: np.ndarray, s_NC: np.ndarray, k_BN: np.ndarray) -> np.ndarray:
-    """Macro AUROC of each resample; a class absent (or without negatives) from a resample is left out of
-    that resample's mean, and a resample without any scorable class is NaN."""
-    auroc_BC = np.full((k_BN.shape[0], y_NC.shape[1]), np.nan)
-    for c in np.nonzero(_scorable_C(y_NC))[0]:
-        auroc_BC[:, c] = _resampled_auroc(y_NC[:, c], s_NC[:, c], k_BN)
-    scored_B = (~np.isnan(auroc_BC)).sum(axis=1)
+def _resampled_auprc(y_N: np.ndarray, s_N: np.ndarray, k_BN: np.ndarray) -> np.ndarray:
+    """Average precision of one class in each resample given by multiplicities ``k_BN``; NaN where a resample
+    lacks positives or negatives.
+
+    ``sklearn.metrics.average_precision_score`` on a resample is ``AP = sum_g (R_g - R_{g-1}) P_g`` over the
+    distinct scores ``g`` of the resample in decreasing order (ties grouped), where ``TP_g`` / ``PP_g`` are
+    the resampled positives / records scoring ``>= g``, ``P_g = TP_g / PP_g`` and ``R_g = TP_g / K_pos``.
+    Only tie groups holding a positive add to the sum (elsewhere ``R_g = R_{g-1}``), so, sorting the full
+    data once, the sum runs over the ``Q`` tie groups of the full data that hold a positive: ``TP_q - TP_{q-1}``
+    is the multiplicity of the positives in group ``q`` and ``PP_q`` the multiplicity of the records down to
+    the end of group ``q``, both segment sums (``np.add.reduceat``) followed by a cumulative sum over the
+    ``Q`` groups. A group absent from a resample adds ``0``. The counts are sums of integers, hence exact;
+    only the precisions and their weighted sum are rounded.
+    """
+    order = np.argsort(-s_N, kind="stable")
+    s_sorted, positive = s_N[order], y_N[order] == 1
+    if not positive.any():
+        return np.full(k_BN.shape[0], np.nan)
+    group_end = np.ones(s_sorted.size, dtype=bool)
+    group_end[:-1] = s_sorted[:-1] != s_sorted[1:]
+    group_of = np.cumsum(np.concatenate([[0], group_end[:-1]]))          # tie group of each sorted record
+    # tie groups holding a positive (decreasing score), and where each starts among the sorted positives
+    groups_Q, first_positive_Q = np.unique(group_of[positive], return_index=True)
+    after_Q = np.nonzero(group_end)[0][groups_Q] + 1                     # first record after each group
+    k_sorted = k_BN[:, order]
+    # segment q < Q: the records after group q-1 down to the end of group q; a last segment holds the rest
+    starts = np.concatenate([[0], after_Q[after_Q < s_sorted.size]])
+    records_BS = np.add.reduceat(k_sorted, starts, axis=1)
+    pp_BQ = np.cumsum(records_BS, axis=1)[:, :groups_Q.size]
+    new_tp_BQ = np.add.reduceat(k_sorted[:, positive], first_positive_Q, axis=1)
+    tp_BQ = np.cumsum(new_tp_BQ, axis=1)
+    # new_tp > 0 implies pp > 0; a group without resampled positives adds nothing (and may have pp = 0)
+    precision_BQ = np.divide(tp_BQ, pp_BQ, out=np.zeros_like(tp_BQ), where=new_tp_BQ > 0)
+    n_pos_B = tp_BQ[:, -1]
+    n_neg_B = records_BS.sum(axis=1) - n_pos_B
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(scored_B > 0, np.nansum(auroc_BC, axis=1) / scored_B, np.nan)
+        return np.where((n_pos_B > 0) & (n_neg_B > 0), (new_tp_BQ * precision_BQ).sum(axis=1) / n_pos_B, np.nan)
+
+
+def _macro_of(values_BC: np.ndarray) -> np.ndarray:
+    """Mean over the classes that are not NaN in each resample; NaN for a resample where all are."""
+    scored_B = (~np.isnan(values_BC)).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(scored_B > 0, np.nansum(values_BC, axis=1) / scored_B, np.nan)
+
+
+def _resampled_macro(y_NC: np.ndarray, s_NC: np.ndarray, k_BN: np.ndarray,
+                     per_class: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Macro mean of ``per_class(y_N, s_N, k_BN)`` (NaN where a resample lacks positives or negatives of the
+    class) in each resample; a class absent (or without negatives) from a resample is left out of that
+    resample's mean, and a resample without any scorable class is NaN."""
+    values_BC = np.full((k_BN.shape[0], y_NC.shape[1]), np.nan)
+    for c in np.nonzero(_scorable_C(y_NC))[0]:
+        values_BC[:, c] = per_class(y_NC[:, c], s_NC[:, c], k_BN)
+    return _macro_of(values_BC)
+
+
+def _resampled_macro_auroc(y_NC: np.ndarray, s_NC: np.ndarray, k_BN: np.ndarray) -> np.ndarray:
+    """Macro AUROC of each resample (see ``_resampled_macro``)."""
+    return _resampled_macro(y_NC, s_NC, k_BN, _resampled_auroc)
+
+
+def _resampled_macro_f1(y_NC: np.ndarray, predicted_NC: np.ndarray, k_BN: np.ndarray) -> np.ndarray:
+    """Macro F1 of the fixed binary predictions ``predicted_NC`` in each resample, from the multiplicity-weighted
+    counts ``TP = k @ (pred * y)``, ``PP = k @ pred`` and ``K_pos = k @ y``: ``F1 = 2 TP / (PP + K_pos)``.
+    Classes without positives or negatives in a resample are left out of its mean (``_macro_of``)."""
+    n_classes = y_NC.shape[1]
+    counts_B3C = k_BN @ np.concatenate([predicted_NC * y_NC, predicted_NC, y_NC], axis=1)
+    tp_BC, pp_BC, n_pos_BC = np.split(counts_B3C, [n_classes, 2 * n_classes], axis=1)
+    scorable_BC = (n_pos_BC > 0) & (n_pos_BC < k_BN.sum(axis=1, keepdims=True))
+    f1_BC = np.divide(2.0 * tp_BC, pp_BC + n_pos_BC, out=np.full_like(tp_BC, np.nan), where=scorable_BC)
+    return _macro_of(f1_BC)
+
+
+def _bootstrap_result(estimate: float, values: np.ndarray, n_resamples: int, alpha: float) -> BootstrapResult:
+    valid = values[~np.isnan(values)]
+    low, high = _percentile_interval(valid, alpha)
+    return BootstrapResult(estimate=estimate, low=low, high=high, n_resamples=int(n_resamples),
+                           n_valid=int(valid.size))
 
 
 def bootstrap_macro_auroc(y_true_NC: np.ndarray, scores_NC: np.ndarray, class_names: Sequence[str],
@@ -551,10 +624,37 @@ def bootstrap_macro_auroc(y_true_NC: np.ndarray, scores_NC: np.ndarray, class_na
     estimate = macro_auroc(y, s, names).macro
     values = np.concatenate([_resampled_macro_auroc(y, s, k_BN)
                              for k_BN in _multiplicities(y.shape[0], n_resamples, seed)])
-    valid = values[~np.isnan(values)]
-    low, high = _percentile_interval(valid, alpha)
-    return BootstrapResult(estimate=estimate, low=low, high=high, n_resamples=int(n_resamples),
-                           n_valid=int(valid.size))
+    return _bootstrap_result(estimate, values, n_resamples, alpha)
+
+
+def bootstrap_macro_auprc(y_true_NC: np.ndarray, scores_NC: np.ndarray, class_names: Sequence[str],
+                          n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> BootstrapResult:
+    """``bootstrap_ci`` of ``macro_auprc(...).macro``, vectorised over resamples (see ``_resampled_auprc``);
+    same resamples and results (to rounding) as the generic path for the same seed. A class is left out of a
+    resample exactly when ``macro_auprc`` would leave it out there (no positive or no negative in the
+    resample); a resample without any class left is not valid. Arguments and errors as in ``macro_auroc``."""
+    _check_bootstrap(n_resamples, alpha)
+    y, s, names = _validate(y_true_NC, scores_NC, class_names)
+    estimate = macro_auprc(y, s, names).macro
+    values = np.concatenate([_resampled_macro(y, s, k_BN, _resampled_auprc)
+                             for k_BN in _multiplicities(y.shape[0], n_resamples, seed)])
+    return _bootstrap_result(estimate, values, n_resamples, alpha)
+
+
+def bootstrap_macro_f1(y_true_NC: np.ndarray, scores_NC: np.ndarray, thresholds_C: np.ndarray,
+                       class_names: Sequence[str], n_resamples: int = 1000, seed: int = 0,
+                       alpha: float = 0.05) -> BootstrapResult:
+    """``bootstrap_ci`` of ``f1_at_thresholds(..., thresholds_C, ...).macro`` (thresholds fixed, not re-chosen
+    per resample), vectorised over resamples (see ``_resampled_macro_f1``); same resamples and results (to
+    rounding) as the generic path for the same seed. Classes are left out of a resample as in
+    ``bootstrap_macro_auprc``. Arguments and errors as in ``f1_at_thresholds``."""
+    _check_bootstrap(n_resamples, alpha)
+    y, s, names = _validate(y_true_NC, scores_NC, class_names)
+    estimate = f1_at_thresholds(y, s, thresholds_C, names).macro   # also checks thresholds_C
+    predicted = (s >= np.asarray(thresholds_C, dtype=np.float64)).astype(np.float64)
+    values = np.concatenate([_resampled_macro_f1(y, predicted, k_BN)
+                             for k_BN in _multiplicities(y.shape[0], n_resamples, seed)])
+    return _bootstrap_result(estimate, values, n_resamples, alpha)
 
 
 def paired_bootstrap_macro_auroc(y_true_NC: np.ndarray, scores_a_NC: np.ndarray, scores_b_NC: np.ndarray,

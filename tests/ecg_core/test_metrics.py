@@ -16,7 +16,9 @@ from ecg_core.metrics import (
     AurocResult,
     ClassMetric,
     bootstrap_ci,
+    bootstrap_macro_auprc,
     bootstrap_macro_auroc,
+    bootstrap_macro_f1,
     challenge_score,
     challenge_weights,
     choose_thresholds,
@@ -314,6 +316,97 @@ def test_fast_bootstrap_equals_generic_path_with_ties_and_a_rare_class():
     assert fast.n_valid == generic.n_valid == 150 and fast.n_resamples == 150
     assert fast.low == pytest.approx(generic.low, abs=1e-9) and fast.high == pytest.approx(generic.high, abs=1e-9)
     assert generic.low < generic.estimate < generic.high
+
+
+def auprc_and_f1_data(seed, n=120):
+    """Labels with a rare class (one positive) and a class with two negatives, scores rounded to one decimal
+    (ties) plus a column of three tie groups, thresholds with a never-predicted (+inf) class."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 6)) < 0.3).astype(int)
+    y[:, 3] = 0
+    y[17, 3] = 1                                     # one positive: absent from ~1/3 of the resamples
+    y[:, 4] = 1
+    y[[5, n // 2], 4] = 0                            # two negatives: absent from some resamples
+    scores = np.round(rng.normal(size=y.shape) + y, 1)
+    scores[:, 5] = np.repeat([0.0, 1.0, 2.0], n // 3)
+    thresholds = choose_thresholds(y, np.round(scores + rng.normal(scale=0.5, size=y.shape), 1))
+    thresholds[1] = math.inf
+    return y, scores, thresholds, list("abcdef")
+
+
+def generic_auprc(names):
+    return lambda y, s: macro_auprc(y, s, names).macro
+
+
+def generic_f1(thresholds, names):
+    return lambda y, s: f1_at_thresholds(y, s, thresholds, names).macro
+
+
+def test_fast_auprc_and_f1_bootstrap_equal_generic_path_with_ties_and_rare_classes():
+    y, scores, thresholds, names = auprc_and_f1_data(13)
+    cases = [(bootstrap_macro_auprc(y, scores, names, n_resamples=150, seed=11),
+              bootstrap_ci(generic_auprc(names), [y, scores], n_resamples=150, seed=11),
+              macro_auprc(y, scores, names).macro),
+             (bootstrap_macro_f1(y, scores, thresholds, names, n_resamples=150, seed=11),
+              bootstrap_ci(generic_f1(thresholds, names), [y, scores], n_resamples=150, seed=11),
+              f1_at_thresholds(y, scores, thresholds, names).macro)]
+    for fast, generic, point in cases:
+        assert fast.estimate == generic.estimate == point
+        assert fast.n_valid == generic.n_valid == 150 and fast.n_resamples == 150
+        assert fast.low == pytest.approx(generic.low, abs=1e-9) and fast.high == pytest.approx(generic.high, abs=1e-9)
+        assert generic.low < generic.estimate < generic.high
+
+
+def test_fast_auprc_and_f1_equal_generic_path_resample_by_resample():
+    """With one resample the interval is that resample's value, so each seed compares one resample: among
+    them resamples without the rare class's positive or without the negatives of class e."""
+    y, scores, thresholds, names = auprc_and_f1_data(14, n=45)
+    scores[:, 0] = 0.5                               # a single tie group
+    for seed in range(25):
+        for fast, generic in ((bootstrap_macro_auprc(y, scores, names, n_resamples=1, seed=seed),
+                               bootstrap_ci(generic_auprc(names), [y, scores], n_resamples=1, seed=seed)),
+                              (bootstrap_macro_f1(y, scores, thresholds, names, n_resamples=1, seed=seed),
+                               bootstrap_ci(generic_f1(thresholds, names), [y, scores], n_resamples=1, seed=seed))):
+            assert fast.n_valid == generic.n_valid == 1
+            assert fast.low == fast.high == pytest.approx(generic.low, abs=1e-9)
+
+
+def test_fast_auprc_and_f1_count_valid_resamples():
+    n, n_resamples, seed = 40, 400, 5
+    y = np.zeros((n, 1), dtype=int)
+    y[9] = 1
+    scores = np.round(np.random.default_rng(9).normal(size=(n, 1)), 1)
+    thresholds = np.array([0.0])
+    rng = np.random.default_rng(seed)
+    expected = sum(9 in rng.integers(0, n, size=n) for _ in range(n_resamples))
+    auprc = bootstrap_macro_auprc(y, scores, ["x"], n_resamples, seed)
+    f1 = bootstrap_macro_f1(y, scores, thresholds, ["x"], n_resamples, seed)
+    generic = bootstrap_ci(generic_auprc(["x"]), [y, scores], n_resamples, seed)
+    assert auprc.n_valid == f1.n_valid == generic.n_valid == expected and auprc.n_resamples == n_resamples
+    assert auprc.low == pytest.approx(generic.low, abs=1e-9) and auprc.high == pytest.approx(generic.high, abs=1e-9)
+    nothing = [bootstrap_macro_auprc(np.ones((10, 2)), np.zeros((10, 2)), ["x", "y"], n_resamples=20),
+               bootstrap_macro_f1(np.zeros((10, 2)), np.zeros((10, 2)), np.zeros(2), ["x", "y"], n_resamples=20)]
+    for result in nothing:
+        assert result.n_valid == 0 and math.isnan(result.low) and math.isnan(result.high)
+        assert math.isnan(result.estimate) and result.n_resamples == 20
+
+
+def test_fast_auprc_and_f1_bad_arguments():
+    y, scores, thresholds, names = auprc_and_f1_data(15, n=30)
+    assert bootstrap_macro_auprc(y, scores, names, n_resamples=50, seed=2) == \
+        bootstrap_macro_auprc(y, scores, names, n_resamples=50, seed=2)
+    with pytest.raises(ValueError, match="n_resamples must be at least 1"):
+        bootstrap_macro_auprc(y, scores, names, n_resamples=0)
+    with pytest.raises(ValueError, match=r"alpha must lie in \(0, 1\)"):
+        bootstrap_macro_f1(y, scores, thresholds, names, alpha=0.0)
+    with pytest.raises(ValueError, match=r"thresholds_C must have shape \(6,\)"):
+        bootstrap_macro_f1(y, scores, thresholds[:5], names)
+    with pytest.raises(ValueError, match="thresholds_C holds NaN"):
+        bootstrap_macro_f1(y, scores, np.full(6, np.nan), names)
+    with pytest.raises(ValueError, match="6 classes in the arrays but 5 class names"):
+        bootstrap_macro_auprc(y, scores, names[:5])
+    with pytest.raises(ValueError, match="NaN/inf"):
+        bootstrap_macro_auprc(y, np.full(y.shape, np.inf), names)
 
 
 def test_bootstrap_is_deterministic_for_a_seed():
