@@ -16,8 +16,12 @@ Formats
     the year's scored SNOMED CT classes with the official equivalence merges; age/sex from the
     header comments. The documented CinC 2020 ADC-gain corrections are applied
     (:data:`ecg_core.data.wfdb_io.CINC2020_GAIN_RULES`; they match only the wrong gains, so 2021
-    copies pass unchanged). The Challenges give no patient ids: each record is its own patient and
-    the fold is a stable hash of the record id.
+    copies pass unchanged). The Challenges give no patient ids: each record is its own patient. Folds
+    1-10 come from multi-label iterative stratification over the ``scored`` labels
+    (:func:`ecg_core.data.stratify.stratified_folds`, patient-level, seed 0), dealt over every record found
+    in the input from its header's ``Dx`` before any signal is read, so a record that is later skipped
+    (or repaired and re-ingested) does not move the others. How the folds were made is kept in the
+    store's ``folds`` attribute for every format.
 
 Every record is resampled to ``--fs`` with a polyphase filter, scaled to 1 uV per int16 count and
 appended to the store in sorted order, so ingesting the same input twice gives a byte-identical store.
@@ -30,16 +34,17 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import hashlib
+import dataclasses
 import math
 import multiprocessing as mp
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from scipy.signal import resample_poly
@@ -47,6 +52,7 @@ from tqdm import tqdm
 
 from ecg_core.data import labels as lab
 from ecg_core.data.store import CODECS, DEFAULT_CODEC, StoreError, StoreSpec, StoreWriter
+from ecg_core.data.stratify import folds_description, stratified_folds
 from ecg_core.data.wfdb_io import (
     CINC2020_GAIN_RULES,
     RawRecord,
@@ -67,6 +73,14 @@ WFDB_META_KEYS = {"patient_id": "Patient", "fold": "Fold", "age": "Age", "sex": 
 # CinC Challenge record-name prefixes -> source database (Perez Alday et al. 2020, Reyna et al. 2021).
 CINC_SOURCES = {"A": "CPSC", "Q": "CPSC-Extra", "I": "INCART", "S": "PTB", "HR": "PTB-XL",
                 "E": "Georgia", "JS": "Chapman-Ningbo"}
+
+# Folds of the CinC formats (the Challenges publish none): iterative stratification over the scored labels.
+CINC_N_FOLDS = 10
+CINC_FOLD_SEED = 0
+# What the ``folds`` store attribute says for the formats whose folds come with the data.
+FOLDS_PTBXL = ("PTB-XL strat_fold from ptbxl_database.csv (recommended split: 1-8 train, 9 validation, "
+               "10 test; patient-level)")
+FOLDS_WFDB = "header 'Fold' comments (0 where absent: unassigned)"
 
 RESAMPLE_WINDOW = ("kaiser", 5.0)
 INT16_MAX = 32767   # symmetric clip: -32768 is WFDB format 16's "no sample" value
@@ -99,11 +113,6 @@ class Outcome:
 # per-format job lists
 
 
-def _hash_fold(key: str) -> int:
-    """A stable fold 1-10 from an identifier (patient-level when the id is a patient's)."""
-    return 1 + int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 10
-
-
 def _jobs_generic(root: Path, fmt: str, fs: float) -> list[Job]:
     return [Job(h, h.relative_to(root).as_posix(), fmt, fs) for h in find_records(root)]
 
@@ -129,9 +138,38 @@ def _jobs_ptbxl(root: Path, fs: float) -> tuple[list[Job], dict[str, list[str]],
     return jobs, {t: list(table.classes[t]) for t in lab.PTBXL_TASKS}, missing
 
 
-@lru_cache(maxsize=None)
+@cache
 def _scoring(year: int) -> lab.CincScoring:
     return lab.load_cinc_scoring(year)
+
+
+def _header_scored_labels(header: Path, scoring: lab.CincScoring) -> list[str]:
+    """The scored classes of a Challenge header's ``Dx`` comment, without reading the signal ([] when the
+    header cannot be read or parsed: such a record is skipped later, with its reason)."""
+    try:
+        text = header.read_bytes().decode("latin-1")   # Dx codes are ASCII digits in any encoding
+        comments = [line.strip() for line in text.splitlines() if line.strip().startswith("#")]
+        return list(lab.parse_cinc_comments(comments, scoring).y_scored)
+    except (OSError, lab.LabelError):
+        return []
+
+
+def _jobs_cinc(root: Path, fmt: str, fs: float) -> tuple[list[Job], str]:
+    """Jobs of a Challenge directory, each with its stratified fold; and the description of the folds.
+
+    The Challenges give no patient ids, so each record is its own patient (its path is the group key);
+    :func:`stratified_folds` would keep the records of one patient together if a source gave them.
+    """
+    jobs = _jobs_generic(root, fmt, fs)
+    scoring = _scoring(int(fmt[-4:]))
+    labels = [_header_scored_labels(job.header, scoring) for job in jobs]
+    patients = [Path(job.rel).with_suffix("").as_posix() for job in jobs]
+    folds = stratified_folds(labels, patients, n_folds=CINC_N_FOLDS, seed=CINC_FOLD_SEED)
+    jobs = [dataclasses.replace(job, meta={"fold": int(fold)}) for job, fold in zip(jobs, folds)]
+    how = folds_description("the scored labels (header Dx) of every record found in the input",
+                            CINC_N_FOLDS, CINC_FOLD_SEED,
+                            note="no patient ids in the Challenge data: each record is its own patient")
+    return jobs, how
 
 
 # ------------------------------------------------------------------------------------------------
@@ -163,11 +201,11 @@ def _wfdb_meta(rec: RawRecord, rel: str) -> dict[str, Any]:
             "source": "wfdb"}
 
 
-def _cinc_meta(rec: RawRecord, year: int) -> dict[str, Any]:
+def _cinc_meta(rec: RawRecord, year: int, fold: int) -> dict[str, Any]:
     info = lab.parse_cinc_comments(rec.comments, _scoring(year))
     prefix = "".join(ch for ch in rec.record_id[:2] if ch.isalpha())
     source = CINC_SOURCES.get(prefix) or CINC_SOURCES.get(prefix[:1], "unknown")
-    return {"patient_id": rec.record_id, "fold": _hash_fold(rec.record_id), "age": info.age, "sex": info.sex,
+    return {"patient_id": rec.record_id, "fold": fold, "age": info.age, "sex": info.sex,
             "report": "", "y_scored": list(info.y_scored), "dx": list(info.dx), "source": f"cinc{year}:{source}"}
 
 
@@ -201,7 +239,7 @@ def process(job: Job) -> Outcome:
         elif job.fmt == "ptbxl":
             meta = dict(job.meta)
         else:
-            meta = _cinc_meta(rec, int(job.fmt[-4:]))
+            meta = _cinc_meta(rec, int(job.fmt[-4:]), int(job.meta.get("fold", 0)))
         x_LT, notes = to_store_scale(rec, job.fs)
     except RecordError as err:
         return Outcome(job.rel, reason=str(err))
@@ -251,13 +289,16 @@ def ingest(fmt: str, input_dir: Path, output: Path, *, fs: float = 500.0, strict
             raise IngestError(str(err)) from None
         if strict and skipped:
             raise IngestError(skipped[0]["reason"])
+        attrs["folds"] = FOLDS_PTBXL
+    elif fmt in ("cinc2020", "cinc2021"):
+        jobs, attrs["folds"] = _jobs_cinc(input_dir, fmt, fs)
+        scoring = _scoring(int(fmt[-4:]))
+        tasks = {"scored": list(scoring.classes)}
+        attrs["class_names"] = {"scored": dict(scoring.abbreviations)}
+        attrs["scoring_tables"] = f"ecg_core/data/tables/cinc{fmt[-4:]} (PhysioNet/CinC evaluation-{fmt[-4:]})"
     else:
         jobs = _jobs_generic(input_dir, fmt, fs)
-        if fmt in ("cinc2020", "cinc2021"):
-            scoring = _scoring(int(fmt[-4:]))
-            tasks = {"scored": list(scoring.classes)}
-            attrs["class_names"] = {"scored": dict(scoring.abbreviations)}
-            attrs["scoring_tables"] = f"ecg_core/data/tables/cinc{fmt[-4:]} (PhysioNet/CinC evaluation-{fmt[-4:]})"
+        attrs["folds"] = FOLDS_WFDB
     n_found = len(jobs) + len(skipped)
     if n_found == 0:
         raise IngestError(f"{input_dir}: no WFDB record (*.hea) found")
