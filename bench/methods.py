@@ -1,12 +1,11 @@
 """Training throughput of every SSL method (``ecg_core.methods.METHODS``) through the real training loop.
 
-Each method is built from its recipe ``experiments/<name>.yaml`` at a small "demo size" (window 2500 and
-batch 32 where the method allows, a narrow xresnet (``base_width``), a tiny ViT for ViT methods, tiny
-heads as in tests/ecg_core/test_method_contract.py's ``TINY_OVERRIDES``), sharded with FSDP2 in a 1-rank
-group exactly as ``jobs.pretrain`` does, and trained with :func:`ecg_core.train_loop.train` on the demo
-store: ``--warmup`` steps, then ``--steps`` timed steps (the loop's own per-step samples/s, checkpoint
-time excluded). One table is printed, with each method's throughput relative to SimCLR measured in the
-same run: absolute numbers on shared machines are noisy, ratios much less so.
+Each method is built at its "demo size": its cell of ``grids/demo.yaml`` (what ``make demo`` trains: the
+recipe with a narrow xresnet or a tiny ViT, small heads, window 2500, the demo batch), sharded with FSDP2
+in a 1-rank group exactly as ``jobs.pretrain`` does, and trained with :func:`ecg_core.train_loop.train` on
+the demo store: ``--warmup`` steps, then ``--steps`` timed steps (the loop's own per-step samples/s,
+checkpoint time excluded). One table is printed, with each method's throughput relative to SimCLR
+measured in the same run: absolute numbers on shared machines are noisy, ratios much less so.
 
 ``--gpu``: on CUDA, each recipe at its real size in bf16 (autocast), and for ViT methods the achieved
 TFLOP/s (FLOPs of one forward+backward counted with ``torch.utils.flop_counter.FlopCounterMode``) and
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import math
 import subprocess
 import sys
@@ -36,10 +34,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from ecg_core import distributed as D  # noqa: E402
-from ecg_core.config import ConfigError, load_config, to_yaml  # noqa: E402
+from ecg_core.config import load_config, to_yaml  # noqa: E402
 from ecg_core.data.config import StoreSource  # noqa: E402
 from ecg_core.data.loader import WindowLoader  # noqa: E402
-from ecg_core.encoders import ENCODERS  # noqa: E402
 from ecg_core.methods import METHODS, build_method  # noqa: E402
 from ecg_core.schedules import lr_at  # noqa: E402
 from ecg_core.train_loop import train  # noqa: E402
@@ -48,23 +45,7 @@ from jobs.config import PretrainConfig  # noqa: E402
 DEMO_STORE = ROOT / "build" / "demo" / "demo.zarr"
 TRAIN_FOLDS = range(1, 9)   # as the contract test: the supervised baseline needs training folds
 
-# Demo-size overrides per method on top of the generic ones (window, batch, base_width for xresnets):
-# a tiny ViT and small heads, as in tests/ecg_core/test_method_contract.py (the recipe's patch size kept).
-TINY_VIT = ["encoder.params.depth=2", "encoder.params.dim=64", "encoder.params.heads=2"]
-DEMO_OVERRIDES: dict[str, list[str]] = {
-    "supervised": ["method.params.task=labels"],   # the demo store's only task
-    "viewmaker": ["method.params.viewmaker_width=8"],
-    "mae": TINY_VIT + ["method.params.decoder_dim=32", "method.params.decoder_depth=1",
-                       "method.params.decoder_heads=2"],
-    "jepa": TINY_VIT + ["method.params.predictor_dim=32", "method.params.predictor_depth=1",
-                        "method.params.predictor_heads=2"],
-    # 64 px images of 16 px patches (as the contract test): the 224 px ViT-B costs ~90 s per CPU step
-    "mae_image": ["encoder.params.image_size=64", *TINY_VIT, "method.params.decoder_dim=32",
-                  "method.params.decoder_depth=1", "method.params.decoder_heads=2"],
-    "meclip": ["method.params.text_depth=1", "method.params.text_dim=16", "method.params.text_heads=2",
-               "method.params.projection_hidden_dim=32", "method.params.projection_dim=16",
-               "method.params.vocab_size=300"],
-}
+DEMO_GRID = ROOT / "grids" / "demo.yaml"
 
 
 class _Rates:
@@ -81,38 +62,32 @@ def recipe(name: str) -> Path:
     return ROOT / "experiments" / f"{name}.yaml"
 
 
-def demo_overrides(name: str, window: int, batch: int, base_width: int) -> list[str]:
-    encoder = load_config(PretrainConfig, [recipe(name)]).encoder.name
-    out = [f"data.window={window}", f"data.batch_size={batch}", "data.block_len=65536", "optim.warmup_steps=0",
-           "tracking.mode=disabled", "precision=fp32"]
-    if "base_width" in inspect.signature(ENCODERS[encoder]).parameters:   # the xresnet family
-        out.append(f"encoder.params.base_width={base_width}")
-    return out + DEMO_OVERRIDES.get(name, [])
+def demo_configs() -> dict[str, PretrainConfig]:
+    """Each method's cell of ``grids/demo.yaml`` (what ``make demo`` trains): method name -> its config."""
+    from launcher.grid import load_grid
+
+    grid = load_grid(DEMO_GRID)
+    out: dict[str, PretrainConfig] = {}
+    for cell in grid.cells:   # the first cell of a method (random_init: the first encoder's baseline)
+        out.setdefault(cell.method, grid.pretrain_config(cell))
+    return out
 
 
-def config_for(name: str, store: Path, args: argparse.Namespace) -> tuple[PretrainConfig, str]:
-    """The benchmark config of ``name`` and a note (what was changed from the demo size)."""
+def config_for(name: str, store: Path, args: argparse.Namespace,
+               demo: dict[str, PretrainConfig]) -> tuple[PretrainConfig, str]:
+    """The benchmark config of ``name`` and a note."""
     stores = [StoreSource(path=str(store), folds=list(TRAIN_FOLDS))]
     if args.gpu:   # the recipe's real size, bf16; only the store replaced
         real = ["precision=bf16", "tracking.mode=disabled", "data.block_len=65536"]
         cfg = load_config(PretrainConfig, [recipe(name)], real)
         return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stores=stores)), ""
-    note = "tiny ViT (depth 2, dim 64)" if is_vit_name(name) else ""
-    try:
-        demo = demo_overrides(name, args.window, args.batch, args.base_width)
-        cfg = load_config(PretrainConfig, [recipe(name)], demo)
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stores=stores))
-        build_method(cfg, generator_seed=0)   # the window/batch may not suit the method: check here
-    except ConfigError:
-        window = load_config(PretrainConfig, [recipe(name)]).data.window
-        note = f"window {args.window} not allowed; recipe's {window}" + (f"; {note}" if note else "")
-        cfg = load_config(PretrainConfig, [recipe(name)], demo_overrides(name, window, args.batch, args.base_width))
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stores=stores))
-    return cfg, note
-
-
-def is_vit_name(name: str) -> bool:
-    return "vit" in load_config(PretrainConfig, [recipe(name)]).encoder.name
+    if name not in demo:
+        raise KeyError(f"{name} has no cell in {DEMO_GRID.relative_to(ROOT)}")
+    cfg = demo[name]
+    data = dataclasses.replace(cfg.data, stores=stores, batch_size=args.batch or cfg.data.batch_size)
+    cfg = dataclasses.replace(cfg, precision="fp32", tracking=dataclasses.replace(cfg.tracking, mode="disabled"),
+                              data=data)
+    return cfg, ""
 
 
 def is_vit(cfg: PretrainConfig) -> bool:
@@ -132,8 +107,8 @@ def count_step_flops(method, batch: dict) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_one(name: str, store: Path, args: argparse.Namespace) -> dict:
-    cfg, note = config_for(name, store, args)
+def bench_one(name: str, store: Path, args: argparse.Namespace, demo: dict[str, PretrainConfig]) -> dict:
+    cfg, note = config_for(name, store, args, demo)
     info = D.info()
     D.seed_everything(cfg.seed)
     method = build_method(cfg, generator_seed=cfg.seed).to(info.device)
@@ -173,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated METHODS names (default all)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--window", type=int, default=2500, help="demo window in samples")
-    parser.add_argument("--batch", type=int, default=32, help="demo batch size")
-    parser.add_argument("--base-width", type=int, default=4, help="xresnet base width at demo size (recipes: 64)")
+    parser.add_argument("--batch", type=int, default=0, help="batch size (default: the demo grid's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--gpu", action="store_true", help="CUDA, recipes at real size in bf16, TFLOP/s of ViTs")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="peak for the --gpu share (H100 bf16)")
@@ -199,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # The first training run of a process pays one-off costs (thread pools, allocator, page cache of the
         # store): a discarded SimCLR run first, so the reference of the ratios is not penalised.
-        bench_one("simclr", store, argparse.Namespace(**{**vars(args), "warmup": 1, "steps": 1}))
+        demo = {} if args.gpu else demo_configs()
+        bench_one("simclr", store, argparse.Namespace(**{**vars(args), "warmup": 1, "steps": 1}), demo)
         for name in names:
             started = time.time()
             try:
-                rows.append(bench_one(name, store, args))
+                rows.append(bench_one(name, store, args, demo))
             except Exception as exc:   # noqa: BLE001 - one broken method must not hide the others' numbers
                 rows.append({"method": name, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:100]}"})
             print(f"# {name}: {time.time() - started:.1f} s", file=sys.stderr, flush=True)

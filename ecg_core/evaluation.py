@@ -25,7 +25,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,10 @@ from torch import nn
 from ecg_core import distributed as D
 from ecg_core.checkpoint import COMPLETE, CheckpointError, load_encoder, resolve_checkpoint
 from ecg_core.config import from_yaml, to_yaml
+from ecg_core.data.leakage import check_patient_separation
 from ecg_core.data.loader import normalize_windows
 from ecg_core.data.store import EcgStore, open_store
+from ecg_core.data.stratify import NO_LABEL, cover_and_trim, label_matrix, two_part_split
 from ecg_core.encoders import build_encoder
 from ecg_core.metrics import AurocResult
 from ecg_core.tracking import write_text_atomic
@@ -48,8 +50,9 @@ from jobs.config import EvalConfig, PretrainConfig
 
 __all__ = [
     "EvalData", "RESULT_KEYS", "better", "checkpoint_fingerprint", "config_dict", "default_device",
-    "embed_records", "label_subset", "load_pretrained_encoder", "make_result", "multi_hot", "prepare_data",
-    "pretrained_checkpoint", "record_scores", "sliding_windows", "task_classes", "window_starts", "write_result",
+    "embed_records", "finish_evaluation", "label_subset", "load_pretrained_encoder", "make_result", "multi_hot",
+    "prepare_data", "pretrained_checkpoint", "record_scores", "sliding_windows", "task_classes", "window_starts",
+    "write_result",
 ]
 
 RESULT_KEYS = (
@@ -60,7 +63,6 @@ RESULT_KEYS = (
 """Keys every ``result.json`` has (jobs may add more, e.g. the selected epoch or step)."""
 
 RESULT_FILE = "result.json"
-_NO_LABEL = "\x00no label"   # stratification stratum of records without a label of the task
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,6 +131,7 @@ def label_subset(records_df: pd.DataFrame, task: str, fraction: float, seed: int
 
     Deterministic in ``(fraction, seed)`` and independent of the row order of ``records_df``, so every
     method evaluated with the same arguments trains on the same records. ``fraction`` 1.0 gives all.
+    The stratification itself is :mod:`ecg_core.data.stratify` (shared with the ingest's CinC folds).
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
@@ -142,84 +145,12 @@ def label_subset(records_df: pd.DataFrame, task: str, fraction: float, seed: int
     if target >= n:
         return ids
     lists = _label_lists(records_df, task)
-    lists = [[str(x) for x in lists[i]] or [_NO_LABEL] for i in order]
-    strata = sorted({label for labels in lists for label in labels})
-    col = {s: j for j, s in enumerate(strata)}
-    y_RS = np.zeros((n, len(strata)), dtype=bool)
-    for r, labels in enumerate(lists):
-        y_RS[r, [col[label] for label in labels]] = True
+    strata, y_RS = label_matrix([lists[i] for i in order])
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EC1D5]))
-    chosen = _stratify(y_RS, target, rng)
-    real = np.array([s != _NO_LABEL for s in strata])
-    chosen = _cover_and_trim(y_RS, chosen, target, real, fraction, rng)
+    chosen = two_part_split(y_RS, target, rng)
+    real = np.array([s != NO_LABEL for s in strata])
+    chosen = cover_and_trim(y_RS, chosen, target, real, fraction, rng)
     return ids[np.sort(np.flatnonzero(chosen))]
-
-
-def _stratify(y_RS: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:
-    """Sechidis et al.'s iterative stratification into (subset, rest); True for the subset's records."""
-    n = len(y_RS)
-    per_stratum = y_RS.sum(axis=0).astype(np.float64)
-    want_size = np.array([target, n - target], dtype=np.float64)
-    want_label = np.stack([per_stratum * target / n, per_stratum * (n - target) / n])
-    remaining = per_stratum.copy()
-    unassigned = np.ones(n, dtype=bool)
-    chosen = np.zeros(n, dtype=bool)
-    while unassigned.any():
-        live = np.flatnonzero(remaining > 0)
-        fewest = live[remaining[live] == remaining[live].min()]
-        label = int(rng.choice(fewest))
-        rows = np.flatnonzero(unassigned & y_RS[:, label])
-        for r in rows[rng.permutation(len(rows))]:
-            wants = want_label[:, label]
-            part = np.flatnonzero(wants == wants.max())
-            if len(part) > 1:
-                part = part[want_size[part] == want_size[part].max()]
-            j = int(part[0] if len(part) == 1 else rng.choice(part))
-            chosen[r] = j == 0
-            unassigned[r] = False
-            want_label[j] -= y_RS[r]
-            want_size[j] -= 1
-            remaining -= y_RS[r]
-    return chosen
-
-
-def _pick(scores: np.ndarray, candidates: np.ndarray, rng: np.random.Generator) -> int:
-    """The candidate with the highest score (ties: a seeded choice)."""
-    best = candidates[scores == scores.max()]
-    return int(best[0] if len(best) == 1 else rng.choice(best))
-
-
-def _cover_and_trim(y_RS: np.ndarray, chosen: np.ndarray, target: int, real: np.ndarray, fraction: float,
-                    rng: np.random.Generator) -> np.ndarray:
-    """Add records until every (real) class of the pool is in the subset, then bring the subset to ``target``
-    records: add the most under-represented ones, or remove the most over-represented ones that no class
-    needs."""
-    chosen = chosen.copy()
-    pool_has = y_RS.any(axis=0) & real
-    while True:
-        missing = pool_has & ~y_RS[chosen].any(axis=0)
-        if not missing.any():
-            break
-        outside = np.flatnonzero(~chosen)
-        cover = y_RS[outside][:, missing].sum(axis=1)
-        chosen[_pick(cover, outside, rng)] = True
-    desired = y_RS.sum(axis=0) * fraction
-    while chosen.sum() < target:   # the stratification's greedy choices can fall a few records short
-        count = y_RS[chosen].sum(axis=0)
-        outside = np.flatnonzero(~chosen)
-        lack = (y_RS[outside] * (desired - count)).sum(axis=1)
-        chosen[_pick(lack, outside, rng)] = True
-    while chosen.sum() > target:
-        count = y_RS[chosen].sum(axis=0)
-        inside = np.flatnonzero(chosen)
-        # Removable: every real class of the record stays represented without it.
-        keeps = ~(y_RS[inside] & real & (count <= 1)).any(axis=1)
-        if not keeps.any():
-            break
-        inside = inside[keeps]
-        excess = (y_RS[inside] * (count - desired)).sum(axis=1)
-        chosen[_pick(excess, inside, rng)] = False
-    return chosen
 
 
 # ------------------------------------------------------------------------------------------------
@@ -261,6 +192,7 @@ def prepare_data(cfg: EvalConfig) -> EvalData:
             if parts[a] & parts[b]:
                 raise ValueError(f"{a} and {b} share folds {sorted(parts[a] & parts[b])}: evaluation would "
                                  "score records it trained or selected on")
+    check_patient_separation(store, cfg.train_folds, cfg.val_folds, cfg.test_folds)   # LeakageError if not
     rec = store.records
     labelled = np.array([len(labels) > 0 for labels in _label_lists(rec, cfg.task)], dtype=bool)
     split: dict[str, pd.DataFrame] = {}
@@ -326,14 +258,21 @@ def _module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _window_batches(store: EcgStore, record_ids: Sequence[str], window: int, stride: int,
-                    batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+RecordTransform = Callable[[np.ndarray, str], np.ndarray]
+"""``(x_LT in mV, record_id) -> x_LT``: applied to a whole record before it is cut into windows."""
+
+
+def _window_batches(store: EcgStore, record_ids: Sequence[str], window: int, stride: int, batch_size: int,
+                    transform: RecordTransform | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(x_NLW, record_index_N)`` batches of exactly ``batch_size`` windows (the last may be smaller)."""
     pending: list[np.ndarray] = []
     pending_index: list[np.ndarray] = []
     have = 0
     for r, record_id in enumerate(record_ids):
-        x_NLW = sliding_windows(store.read(str(record_id)), window, stride)
+        x_LT = store.read(str(record_id))
+        if transform is not None:
+            x_LT = np.asarray(transform(x_LT, str(record_id)), dtype=np.float32)
+        x_NLW = sliding_windows(x_LT, window, stride)
         pending.append(x_NLW)
         pending_index.append(np.full(len(x_NLW), r, dtype=np.int64))
         have += len(x_NLW)
@@ -349,14 +288,15 @@ def _window_batches(store: EcgStore, record_ids: Sequence[str], window: int, str
 
 @torch.no_grad()
 def embed_records(encoder: nn.Module, store: EcgStore, record_ids: Sequence[str], window: int, stride: int,
-                  batch_size: int, normalize: str = "none",
-                  device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int, normalize: str = "none", device: torch.device | None = None,
+                  transform: RecordTransform | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Outputs of ``encoder`` for every sliding window of ``record_ids``: ``(emb_ND float32, record_index_N)``.
 
     ``record_index_N[i]`` is the position in ``record_ids`` of window ``i``'s record. Runs in eval mode
     without gradients, in batches of ``batch_size`` windows, normalised as in training
     (:func:`ecg_core.data.loader.normalize_windows`); the module's previous train/eval mode is restored.
     Any module mapping ``x_BLW`` to ``(B, K)`` works (an encoder, or encoder + head when finetuning).
+    ``transform`` changes each whole record first (the robustness job's corruptions).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -366,7 +306,7 @@ def embed_records(encoder: nn.Module, store: EcgStore, record_ids: Sequence[str]
     outputs: list[np.ndarray] = []
     indices: list[np.ndarray] = []
     try:
-        for x_NLW, index_N in _window_batches(store, record_ids, window, stride, batch_size):
+        for x_NLW, index_N in _window_batches(store, record_ids, window, stride, batch_size, transform):
             x = normalize_windows(torch.from_numpy(x_NLW).to(device), normalize)
             outputs.append(encoder(x).float().cpu().numpy())
             indices.append(index_N)
@@ -464,6 +404,40 @@ def make_result(cfg: EvalConfig, *, protocol: str, pretrain_cfg: PretrainConfig,
         "pretrain_dir": str(cfg.pretrain_dir), "val_macro_auroc": val_macro_auroc, "wall_s": round(float(wall_s), 3),
         **extra,
     }
+
+
+def finish_evaluation(cfg: EvalConfig, run_dir: str | os.PathLike[str], data: EvalData, val_scores_RC: np.ndarray,
+                      test_scores_RC: np.ndarray, tracker: Any, *, pretrain_cfg: PretrainConfig,
+                      val_macro_auroc: float, checkpoint_step: int, pretrain_run_id: str, wall_s: float,
+                      **extra: Any) -> dict[str, Any]:
+    """The end of every evaluation protocol: predictions, headline metrics with bootstrap intervals, result.
+
+    Writes ``predictions.npz`` and ``result.json`` (rank 0) and the tracker's summary; returns the result.
+    See :mod:`ecg_core.scoring` for the metrics.
+    """
+    from ecg_core.scoring import Predictions, challenge_setup, headline_metrics, write_predictions
+
+    pred = Predictions(classes=list(data.classes), val_ids=np.asarray(data.val_ids, dtype=str),
+                       y_val=data.targets(data.val_ids), val_scores=np.asarray(val_scores_RC, dtype=np.float64),
+                       test_ids=np.asarray(data.test_ids, dtype=str), y_test=data.targets(data.test_ids),
+                       test_scores=np.asarray(test_scores_RC, dtype=np.float64))
+    metrics = headline_metrics(pred, n_resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed,
+                               challenge=challenge_setup(data.store, data.task, data.classes))
+    test = AurocResult(macro=metrics["macro_auroc"] if metrics["macro_auroc"] is not None else math.nan,
+                       per_class=metrics["per_class_auroc"], excluded=metrics["excluded_classes"])
+    others = {k: v for k, v in metrics.items() if k not in ("macro_auroc", "per_class_auroc", "excluded_classes")}
+    result = make_result(cfg, protocol=cfg.protocol, pretrain_cfg=pretrain_cfg, data=data, test=test,
+                         val_macro_auroc=val_macro_auroc, checkpoint_step=checkpoint_step,
+                         pretrain_run_id=pretrain_run_id, wall_s=wall_s, **others, **extra)
+    if D.is_main():
+        write_predictions(run_dir, pred)
+        write_result(run_dir, result)
+    headline = {f"test_{k}": metrics.get(k) for k in ("macro_auroc", "macro_auprc", "macro_f1", "challenge_score")
+                if metrics.get(k) is not None}
+    tracker.summary({**headline, "val_macro_auroc": val_macro_auroc,
+                     **{f"test_auroc/{c}": v for c, v in test.per_class.items()},
+                     **{k: v for k, v in extra.items() if isinstance(v, (int, float))}})
+    return result
 
 
 def _json_ready(value: Any) -> Any:

@@ -62,6 +62,7 @@ __all__ = [
     "macro_auroc",
     "paired_bootstrap",
     "paired_bootstrap_macro_auroc",
+    "paired_bootstrap_mean_macro_auroc",
 ]
 
 #: SNOMED CT code of sinus rhythm (NSR), the "inactive" output of the Challenge score.
@@ -669,4 +670,28 @@ def paired_bootstrap_macro_auroc(y_true_NC: np.ndarray, scores_a_NC: np.ndarray,
     delta = float(macro_auroc(y, a, names).macro - macro_auroc(y, b, names).macro)
     deltas = np.concatenate([_resampled_macro_auroc(y, a, k_BN) - _resampled_macro_auroc(y, b, k_BN)
                              for k_BN in _multiplicities(y.shape[0], n_resamples, seed)])
+    return _paired_result(delta, deltas, alpha)
+
+
+def paired_bootstrap_mean_macro_auroc(y_true_NC: np.ndarray, scores_a_KNC: Sequence[np.ndarray],
+                                      scores_b_KNC: Sequence[np.ndarray], class_names: Sequence[str],
+                                      n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> PairedResult:
+    """Paired bootstrap of the difference of *seed-averaged* macro AUROCs: ``a`` and ``b`` are each a list of
+    ``K`` score arrays (e.g. one run per seed, matched by seed) on the same records; every resample scores all
+    ``2 K`` runs on the same resampled records, and the statistic is ``mean_k AUROC(a_k) - mean_k AUROC(b_k)``.
+    With ``K = 1`` this is :func:`paired_bootstrap_macro_auroc` (same resamples, same result)."""
+    _check_bootstrap(n_resamples, alpha)
+    if not len(scores_a_KNC) or len(scores_a_KNC) != len(scores_b_KNC):
+        raise ValueError(f"a and b need the same number (>= 1) of runs, got {len(scores_a_KNC)} and "
+                         f"{len(scores_b_KNC)}")
+    checked = [_validate(y_true_NC, s, class_names) for s in [*scores_a_KNC, *scores_b_KNC]]
+    y, names = checked[0][0], checked[0][2]
+    k = len(scores_a_KNC)
+    a, b = [c[1] for c in checked[:k]], [c[1] for c in checked[k:]]
+    delta = float(np.mean([macro_auroc(y, s, names).macro for s in a]) - np.mean([macro_auroc(y, s, names).macro
+                                                                                  for s in b]))
+    deltas = np.concatenate([
+        np.mean([_resampled_macro_auroc(y, s, k_BN) for s in a], axis=0)
+        - np.mean([_resampled_macro_auroc(y, s, k_BN) for s in b], axis=0)
+        for k_BN in _multiplicities(y.shape[0], n_resamples, seed)])
     return _paired_result(delta, deltas, alpha)

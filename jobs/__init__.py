@@ -19,11 +19,13 @@ JOBS: dict[str, str] = {
     "pretrain": "jobs.pretrain",
     "linear_eval": "jobs.linear_eval",
     "finetune": "jobs.finetune",
+    "frozen_attention": "jobs.frozen_attention",
+    "robustness": "jobs.robustness",
     "aggregate": "jobs.aggregate",
 }
 """Stage kind -> module defining ``run(cfg, run_dir)``."""
 
-RESUMABLE = frozenset({"pretrain", "finetune"})
+RESUMABLE = frozenset({"pretrain", "finetune", "frozen_attention"})
 """Kinds whose loop checkpoints at the next step after a preemption signal and resumes from it. The
 others are short; a signal requeues them at once and they start again."""
 

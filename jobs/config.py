@@ -15,15 +15,16 @@ from typing import Any, Optional
 from ecg_core.data.config import DataConfig
 
 __all__ = [
+    "JOB_CONFIGS",
+    "TRACKING_MODES",
     "AggregateConfig",
     "EncoderConfig",
     "EvalConfig",
-    "JOB_CONFIGS",
     "MethodConfig",
     "OptimConfig",
     "PretrainConfig",
+    "RobustnessConfig",
     "TrackingConfig",
-    "TRACKING_MODES",
 ]
 
 TRACKING_MODES = ("online", "offline", "disabled")
@@ -93,14 +94,19 @@ class PretrainConfig:
     checkpoint_every: int = 500    # steps between checkpoints (and one at the end)
     keep_checkpoints: int = 3
     log_every: int = 10
+    # Leakage guard (jobs/pretrain.py): records of the evaluation stores found in the pretraining stores (by
+    # source identity or signal fingerprint, ecg_core.data.leakage) are excluded from pretraining with their
+    # patients' other records; false keeps them but still reports the overlap (leakage.json, the report).
+    leakage_guard: bool = True
+    eval_stores: list[str] = field(default_factory=list)   # the grid's evaluation stores (set by the planner)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass
 class EvalConfig:
-    """One evaluation run (stages ``linear_eval`` and ``finetune``) of a pretrained encoder."""
+    """One evaluation run (stages ``linear_eval``, ``frozen_attention`` and ``finetune``) of a pretrained encoder."""
 
-    protocol: str = "linear"       # linear | finetune
+    protocol: str = "linear"       # linear | frozen_attention | finetune
     pretrain_dir: str = "???"      # run directory of the pretraining job (its config and checkpoints)
     dataset: str = "demo"
     store: str = ""                # resolved store path (set by the planner)
@@ -123,7 +129,27 @@ class EvalConfig:
     finetune_lr: float = 1e-3
     encoder_lr_scale: float = 0.1  # encoder lr = finetune_lr * encoder_lr_scale
     finetune_weight_decay: float = 1e-4
-    checkpoint_every: int = 200
+    checkpoint_every: int = 200    # finetune / frozen_attention: checkpoint and validate every this many steps
+    early_stopping_patience: int = 0   # stop after this many validations without a better val macro AUROC (0: off)
+    # frozen attention probe (frozen encoder, attention-pooling head over its time steps / tokens)
+    attention_steps: int = 500
+    attention_lr: float = 1e-3
+    attention_heads: int = 4
+    # test metrics: 95 % percentile bootstrap over test records
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+@dataclass
+class RobustnessConfig:
+    """Corruption robustness of one evaluation run's trained model on the test fold (stage ``robustness``)."""
+
+    eval_dir: str = "???"          # run directory of the evaluation job (its config and trained head/model)
+    corruptions: list[str] = field(default_factory=list)   # names in ecg_core.corruptions.CORRUPTIONS; empty: all
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    seed: int = 0                  # of the corruptions' random parts (identical for every method)
+    batch_size: int = 64
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -134,6 +160,7 @@ class AggregateConfig:
     grid: str = "???"
     grid_dir: str = "???"          # <runs_root>/<grid>
     expected: list[str] = field(default_factory=list)   # eval run dirs the plan created (missing = failed)
+    robustness: list[str] = field(default_factory=list)   # robustness run dirs the plan created
     variants: dict[str, str] = field(default_factory=dict)   # cell id -> its own grid values, for the tables
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -142,6 +169,8 @@ JOB_CONFIGS: dict[str, type] = {
     "pretrain": PretrainConfig,
     "linear_eval": EvalConfig,
     "finetune": EvalConfig,
+    "frozen_attention": EvalConfig,
+    "robustness": RobustnessConfig,
     "aggregate": AggregateConfig,
 }
 """Stage kind -> config dataclass of its ``config.yaml``."""

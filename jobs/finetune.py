@@ -1,5 +1,8 @@
 """Finetuning of a pretrained encoder (stage ``finetune``): encoder + linear head trained end to end.
 
+The same loop trains the frozen attention probe (stage ``frozen_attention``, :mod:`jobs.frozen_attention`):
+there only an attention-pooling head over the frozen encoder's time steps / tokens is trained.
+
 The protocol is :mod:`ecg_core.evaluation`'s. The network is the pretrained encoder followed by
 ``nn.Linear(out_dim, C)``, trained with BCE on random windows (:class:`ecg_core.data.loader.WindowLoader`)
 of the label-fraction subset of the training folds, each window labelled with its record's classes.
@@ -11,12 +14,14 @@ segment ends with a checkpoint, after which the validation records are scored (m
 windows' sigmoid outputs, stride ``test_stride``) and the weights are kept in ``best/`` when their
 validation macro AUROC is the best so far. The validation of a step is recorded only after its checkpoint
 exists, so a preempted or killed job that is run again resumes from the newest checkpoint, skips the
-steps already validated, and ends with the same selection as an uninterrupted run. Finally the selected
-weights are scored on the test records.
+steps already validated, and ends with the same selection as an uninterrupted run. With
+``early_stopping_patience`` > 0 training stops once that many validations in a row found no better
+model (early stopping on validation macro AUROC). Finally the selected weights score the validation and
+test records and :func:`ecg_core.evaluation.finish_evaluation` writes the predictions and metrics.
 
 Writes into ``run_dir``: ``checkpoints/``, ``val_history.json`` (validation macro AUROC per evaluated step
 and the selected step), ``best/step_XXXXXXX.pt`` (the selected weights), ``metrics.jsonl`` (and W&B),
-``result.json``.
+``predictions.npz``, ``result.json``.
 
 One process: it runs under the runner's process group (world size 1) or, called directly, in a 1-rank
 group of its own for the duration of the call.
@@ -40,24 +45,26 @@ from ecg_core import distributed as D
 from ecg_core.checkpoint import CheckpointError, resolve_checkpoint, step_dir_name
 from ecg_core.config import to_yaml
 from ecg_core.data.loader import DataConfig, StoreSource, WindowLoader
+from ecg_core.encoders import encoder_sequence, sequence_dim
 from ecg_core.evaluation import (
     EvalData,
     better,
     config_dict,
     embed_records,
+    finish_evaluation,
     load_pretrained_encoder,
-    make_result,
     prepare_data,
     record_scores,
-    write_result,
 )
+from ecg_core.heads import AttentionPoolHead
 from ecg_core.metrics import AurocResult, macro_auroc
 from ecg_core.schedules import lr_at
 from ecg_core.tracking import Tracker, write_bytes_atomic, write_json_atomic
 from ecg_core.train_loop import train
 from jobs.config import EvalConfig
 
-__all__ = ["BEST_DIR", "FinetuneModel", "VAL_HISTORY", "evaluation_steps", "run"]
+__all__ = ["BEST_DIR", "VAL_HISTORY", "AttentionProbe", "FinetuneModel", "Selection", "build_model", "evaluation_steps",
+           "run"]
 
 VAL_HISTORY = "val_history.json"
 BEST_DIR = "best"
@@ -77,6 +84,43 @@ class FinetuneModel(nn.Module):
         return self.head(self.encoder(x_BLW))
 
 
+class AttentionProbe(nn.Module):
+    """A frozen ``encoder``'s sequence (x_BLW -> h_BSD, :func:`ecg_core.encoders.encoder_sequence`) pooled by a
+    trained :class:`ecg_core.heads.AttentionPoolHead` (-> logits_BC). The encoder stays in eval mode (its
+    batch-norm statistics and dropout are those of the pretrained model) and gets no gradient."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int, num_heads: int):
+        super().__init__()
+        self.encoder = encoder.requires_grad_(False)
+        self.head = AttentionPoolHead(sequence_dim(encoder), n_classes, num_heads=num_heads)
+
+    def train(self, mode: bool = True) -> AttentionProbe:
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    def forward(self, x_BLW: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h_BSD = encoder_sequence(self.encoder, x_BLW)
+        return self.head(h_BSD)
+
+
+def build_model(cfg: EvalConfig, encoder: nn.Module, n_classes: int) -> nn.Module:
+    """The trained network of ``cfg.protocol`` (``finetune`` or ``frozen_attention``) on ``encoder``."""
+    if cfg.protocol == "frozen_attention":
+        return AttentionProbe(encoder, n_classes, cfg.attention_heads)
+    if cfg.protocol == "finetune":
+        return FinetuneModel(encoder, n_classes)
+    raise ValueError(f"protocol {cfg.protocol!r} is not trained by this loop (finetune, frozen_attention)")
+
+
+def _schedule(cfg: EvalConfig) -> tuple[int, float]:
+    """(steps, base learning rate) of ``cfg.protocol``."""
+    if cfg.protocol == "frozen_attention":
+        return cfg.attention_steps, cfg.attention_lr
+    return cfg.finetune_steps, cfg.finetune_lr
+
+
 def evaluation_steps(total_steps: int, every: int) -> list[int]:
     """The steps after which the model is validated: every ``every`` steps and at the end."""
     if total_steps < 1 or every < 1:
@@ -84,7 +128,7 @@ def evaluation_steps(total_steps: int, every: int) -> list[int]:
     return sorted(set(range(every, total_steps, every)) | {total_steps})
 
 
-class _Selection:
+class Selection:
     """Validation history and the best weights so far, kept in the run directory.
 
     Order of writes for one evaluated step: the weights (when best) into ``best/``, then
@@ -146,13 +190,26 @@ class _Selection:
         return self.best_step
 
 
-def _score(model: nn.Module, data: EvalData, record_ids: np.ndarray, cfg: EvalConfig,
-           device: torch.device) -> AurocResult:
-    """Macro AUROC of ``model`` over ``record_ids`` (mean sigmoid output of each record's sliding windows)."""
+def _record_probs(model: nn.Module, data: EvalData, record_ids: np.ndarray, cfg: EvalConfig,
+                  device: torch.device) -> np.ndarray:
+    """(R, C) mean sigmoid output of each record's sliding windows."""
     logits, index = embed_records(model, data.store, record_ids, cfg.window, cfg.test_stride, cfg.batch_size,
                                   cfg.normalize, device=device)
     probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    return macro_auroc(data.targets(record_ids), record_scores(probs, index, len(record_ids)), data.classes)
+    return record_scores(probs, index, len(record_ids))
+
+
+def _score(model: nn.Module, data: EvalData, record_ids: np.ndarray, cfg: EvalConfig,
+           device: torch.device) -> AurocResult:
+    """Macro AUROC of ``model`` over ``record_ids`` (mean sigmoid output of each record's sliding windows)."""
+    return macro_auroc(data.targets(record_ids), _record_probs(model, data, record_ids, cfg, device), data.classes)
+
+
+def _stale(selection: Selection, patience: int) -> bool:
+    """Early stopping: the last ``patience`` validations found nothing better than the selected step."""
+    if patience <= 0 or selection.best_step is None:
+        return False
+    return sum(1 for step in selection.evals if step > selection.best_step) >= patience
 
 
 def _loader(cfg: EvalConfig, data: EvalData, info: D.DistInfo) -> WindowLoader:
@@ -176,34 +233,38 @@ def _resume_step(run_dir: Path) -> int:
 
 def _finetune(cfg: EvalConfig, run_dir: Path, info: D.DistInfo) -> None:
     started = time.time()
-    steps = evaluation_steps(cfg.finetune_steps, cfg.checkpoint_every)
+    total_steps, base_lr = _schedule(cfg)
+    steps = evaluation_steps(total_steps, cfg.checkpoint_every)
     if info.world_size != 1:
-        raise RuntimeError(f"finetune runs in one process; this group has {info.world_size} ranks")
+        raise RuntimeError(f"{cfg.protocol} runs in one process; this group has {info.world_size} ranks")
     data = prepare_data(cfg)
     encoder, pretrain_cfg, checkpoint_step, pretrain_run_id = load_pretrained_encoder(cfg.pretrain_dir)
     D.seed_everything(cfg.seed)   # the head's initial weights
-    model = FinetuneModel(encoder, len(data.classes)).to(info.device)
-    optimizer = torch.optim.AdamW([
-        {"params": list(model.encoder.parameters()), "lr_scale": cfg.encoder_lr_scale},
-        {"params": list(model.head.parameters()), "lr_scale": 1.0},
-    ], lr=cfg.finetune_lr, weight_decay=cfg.finetune_weight_decay)
+    model = build_model(cfg, encoder, len(data.classes)).to(info.device)
+    groups = [{"params": list(model.head.parameters()), "lr_scale": 1.0}]
+    if cfg.protocol == "finetune":   # discriminative learning rates: the encoder's is scaled down
+        groups.insert(0, {"params": list(model.encoder.parameters()), "lr_scale": cfg.encoder_lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=base_lr, weight_decay=cfg.finetune_weight_decay)
     loader = _loader(cfg, data, info)
     y_all = torch.from_numpy(data.targets(data.store.records["record_id"].astype(str).tolist())).to(info.device)
 
     def step_fn(batch: dict[str, torch.Tensor], _step: int) -> dict[str, torch.Tensor]:
         return {"loss": F.binary_cross_entropy_with_logits(model(batch["x"]).float(), y_all[batch["record"]])}
 
-    lr_fn = partial(lr_at, base_lr=cfg.finetune_lr, warmup_steps=0, total_steps=cfg.finetune_steps)
-    selection = _Selection(run_dir)
+    lr_fn = partial(lr_at, base_lr=base_lr, warmup_steps=0, total_steps=total_steps)
+    selection = Selection(run_dir)
     with Tracker(cfg.tracking, run_dir, config=config_dict(cfg), enabled=info.is_main,
                  resume_step=_resume_step(run_dir)) as tracker:
         for target in steps:
             if target in selection.evals:
                 continue
+            if _stale(selection, cfg.early_stopping_patience):
+                tracker.log({"early_stopped": 1}, step=max(selection.evals))
+                break
             reached = train(model, optimizer, loader, step_fn, run_dir=run_dir, total_steps=target, lr_fn=lr_fn,
                             grad_clip=GRAD_CLIP, checkpoint_every=cfg.checkpoint_every,
                             keep_checkpoints=KEEP_CHECKPOINTS, config_yaml=to_yaml(cfg), tracker=tracker,
-                            desc=f"finetune {pretrain_cfg.method.name}").step
+                            desc=f"{cfg.protocol} {pretrain_cfg.method.name}").step
             if reached != target:   # the run's checkpoints are ahead of its validation history (history lost)
                 warnings.warn(f"{run_dir}: resumed at step {reached}, past step {target}, which was never "
                               "validated; it is left out of the selection", RuntimeWarning, stacklevel=2)
@@ -212,17 +273,17 @@ def _finetune(cfg: EvalConfig, run_dir: Path, info: D.DistInfo) -> None:
             is_best = selection.record(target, val.macro, model)
             tracker.log({"val_macro_auroc": val.macro, "val_is_best": int(is_best)}, step=target)
         best_step = selection.load_best(model)
-        test = _score(model, data, data.test_ids, cfg, info.device)
-        result = make_result(cfg, protocol="finetune", pretrain_cfg=pretrain_cfg, data=data, test=test,
-                             val_macro_auroc=selection.evals[best_step], checkpoint_step=checkpoint_step,
-                             pretrain_run_id=pretrain_run_id, wall_s=time.time() - started, selected_step=best_step)
-        write_result(run_dir, result)
-        tracker.summary({"test_macro_auroc": test.macro, "val_macro_auroc": selection.evals[best_step],
-                         "selected_step": best_step, **{f"test_auroc/{c}": v for c, v in test.per_class.items()}})
+        val_probs = _record_probs(model, data, data.val_ids, cfg, info.device)
+        test_probs = _record_probs(model, data, data.test_ids, cfg, info.device)
+        finish_evaluation(cfg, run_dir, data, val_probs, test_probs, tracker, pretrain_cfg=pretrain_cfg,
+                          val_macro_auroc=selection.evals[best_step], checkpoint_step=checkpoint_step,
+                          pretrain_run_id=pretrain_run_id, wall_s=time.time() - started, selected_step=best_step,
+                          early_stopped=max(selection.evals) < total_steps)
 
 
 def run(cfg: EvalConfig, run_dir: Path) -> None:
-    """Finetune ``cfg.pretrain_dir``'s encoder with a linear head; writes ``<run_dir>/result.json``.
+    """Finetune ``cfg.pretrain_dir``'s encoder with a linear head (or, with ``cfg.protocol`` ``frozen_attention``,
+    train an attention probe on the frozen encoder); writes ``<run_dir>/result.json``.
 
     Raises :class:`ecg_core.preemption.Preempted` after checkpointing when a stop was requested; run it
     again (same ``run_dir``) to continue.

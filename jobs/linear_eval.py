@@ -12,15 +12,19 @@ The protocol is :mod:`ecg_core.evaluation`'s. This job:
    training window labelled with its record's classes;
 3. after each epoch scores the validation records (mean of their windows' sigmoid outputs) and keeps the
    head of the epoch with the best validation macro AUROC;
-4. writes that head's test macro AUROC over records to ``result.json``.
+4. saves that head (``head.pt``, what the robustness job scores corrupted records with) and hands its
+   validation and test record scores to :func:`ecg_core.evaluation.finish_evaluation` (predictions,
+   metrics with bootstrap intervals, ``result.json``).
 
 Single-process: it uses the runner's device when a process group is up and needs none.
-Writes into ``run_dir``: ``embeddings.npz``, ``metrics.jsonl`` (and W&B), ``result.json``.
+Writes into ``run_dir``: ``embeddings.npz``, ``head.pt``, ``metrics.jsonl`` (and W&B), ``predictions.npz``,
+``result.json``.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
 import os
@@ -45,21 +49,21 @@ from ecg_core.evaluation import (
     config_dict,
     default_device,
     embed_records,
+    finish_evaluation,
     load_pretrained_encoder,
-    make_result,
     prepare_data,
     pretrained_checkpoint,
     record_scores,
-    write_result,
 )
 from ecg_core.metrics import macro_auroc
 from ecg_core.schedules import lr_at, set_lr
-from ecg_core.tracking import Tracker
+from ecg_core.tracking import Tracker, write_bytes_atomic
 from jobs.config import EvalConfig, PretrainConfig
 
-__all__ = ["CACHE_FILE", "LINEAR_BATCH_SIZE", "run"]
+__all__ = ["CACHE_FILE", "HEAD_FILE", "LINEAR_BATCH_SIZE", "load_head", "run", "save_head"]
 
 CACHE_FILE = "embeddings.npz"
+HEAD_FILE = "head.pt"
 CACHE_VERSION = 1
 LINEAR_BATCH_SIZE = 256   # windows per AdamW step of the probe (a convex problem: the size matters little)
 PARTS = ("train", "val", "test")
@@ -225,15 +229,38 @@ def run(cfg: EvalConfig, run_dir: Path) -> None:
         parts, computed = embeddings(cfg, run_dir, data, encoder, pretrain_cfg, checkpoint, device)
         head, epoch, val_auroc = fit_probe(cfg, parts, data.targets(data.train_ids), data.targets(data.val_ids),
                                            data.classes, device, tracker)
+        scores = {}
         with torch.no_grad():
-            probs = torch.sigmoid(head(torch.from_numpy(parts["test"].emb_ND).to(device))).cpu().numpy()
-        test = macro_auroc(data.targets(data.test_ids),
-                           record_scores(probs, parts["test"].index_N, len(data.test_ids)), data.classes)
-        result = make_result(cfg, protocol="linear", pretrain_cfg=pretrain_cfg, data=data, test=test,
-                             val_macro_auroc=val_auroc, checkpoint_step=checkpoint_step,
-                             pretrain_run_id=pretrain_run_id, wall_s=time.time() - started, selected_epoch=epoch,
-                             embeddings_cached=not computed)
+            for part in ("val", "test"):
+                probs = torch.sigmoid(head(torch.from_numpy(parts[part].emb_ND).to(device))).cpu().numpy()
+                scores[part] = record_scores(probs, parts[part].index_N, len(getattr(data, f"{part}_ids")))
         if D.is_main():
-            write_result(run_dir, result)
-        tracker.summary({"test_macro_auroc": test.macro, "val_macro_auroc": val_auroc, "selected_epoch": epoch,
-                         **{f"test_auroc/{c}": v for c, v in test.per_class.items()}})
+            save_head(run_dir, head, checkpoint)
+        finish_evaluation(cfg, run_dir, data, scores["val"], scores["test"], tracker, pretrain_cfg=pretrain_cfg,
+                          val_macro_auroc=val_auroc, checkpoint_step=checkpoint_step, pretrain_run_id=pretrain_run_id,
+                          wall_s=time.time() - started, selected_epoch=epoch, embeddings_cached=not computed)
+
+
+def save_head(run_dir: Path, head: nn.Linear, checkpoint: Path) -> None:
+    """``<run_dir>/head.pt``: the probe (applies to raw embeddings) and the checkpoint it was trained on."""
+    buffer = io.BytesIO()
+    torch.save({"head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+                "checkpoint": checkpoint_fingerprint(checkpoint)}, buffer)
+    write_bytes_atomic(run_dir / HEAD_FILE, buffer.getvalue())
+
+
+def load_head(run_dir: Path, pretrain_dir: str) -> nn.Linear:
+    """The probe saved by :func:`save_head`; an error if the pretraining checkpoint changed since."""
+    path = Path(run_dir) / HEAD_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        weight = state["head"]["weight"]
+    except (OSError, RuntimeError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise RuntimeError(f"{path}: missing or damaged linear head ({type(exc).__name__}: {exc})") from exc
+    now = checkpoint_fingerprint(pretrained_checkpoint(pretrain_dir))
+    if state.get("checkpoint") != now:
+        raise RuntimeError(f"{path}: trained on another checkpoint of {pretrain_dir} than its current one; "
+                           "run the linear evaluation again")
+    head = nn.Linear(weight.shape[1], weight.shape[0])
+    head.load_state_dict(state["head"])
+    return head

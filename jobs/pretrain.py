@@ -7,11 +7,20 @@ is exercised everywhere), and :func:`ecg_core.train_loop.train` runs the steps, 
 and stops for preemption. The encoder is later read by evaluation jobs with
 :func:`ecg_core.checkpoint.load_encoder` from ``<run_dir>/checkpoints``.
 
+Leakage guard: before training, every pretraining store is compared with every evaluation store of the
+grid (``cfg.eval_stores``, :func:`ecg_core.data.leakage.find_overlap`: PTB-XL ``ecg_id`` identity and
+signal fingerprints); the matched records and their patients' other records are excluded from the
+training windows (``leakage_guard: false`` keeps them). What was found and excluded is written to
+``leakage.json`` (read back on requeue, so every attempt trains on the same records) and reported by the
+aggregate job. A pretraining store that *is* an evaluation store needs no matching: its evaluation folds
+are kept out by ``pretrain_folds``, and evaluation checks that no patient spans train/val/test.
+
 Writes into ``run_dir``: ``checkpoints/``, ``metrics.jsonl`` (and W&B), ``compute.json`` (accumulated
-over requeues: wall seconds, samples, device, world size, parameter counts).
+over requeues: wall seconds, samples, device, world size, parameter counts), ``leakage.json``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -48,6 +57,8 @@ def run(cfg: PretrainConfig, run_dir: Path) -> None:
         D.set_deterministic()
     if not cfg.data.stores:
         raise ValueError(f"{run_dir / 'config.yaml'}: data.stores is empty (the planner fills it from `dataset`)")
+    planned = cfg                               # what config.yaml says: logged and checkpointed as is
+    cfg = apply_leakage_guard(cfg, run_dir)     # + the excluded record ids (listed in leakage.json)
     D.seed_everything(cfg.seed)                 # identical initial weights on every rank
     method = build_method(cfg, generator_seed=cfg.seed).to(info.device)
     n_encoder, n_total = count_parameters(method.encoder), count_parameters(method)
@@ -60,14 +71,14 @@ def run(cfg: PretrainConfig, run_dir: Path) -> None:
     loader = WindowLoader(cfg.data, rank=info.rank, world_size=info.world_size)
     lr_fn = partial(lr_at, base_lr=cfg.optim.lr, warmup_steps=min(cfg.optim.warmup_steps, cfg.steps),
                     total_steps=cfg.steps, schedule=cfg.optim.schedule, min_lr_ratio=cfg.optim.min_lr_ratio)
-    config = _config_dict(cfg)
+    config = _config_dict(planned)
     tracker = Tracker(cfg.tracking, run_dir, config=config, enabled=info.is_main)
     started = time.time()
     result = None
     try:
         result = train(method, optimizer, loader, method.training_step, run_dir=run_dir, total_steps=cfg.steps,
                        lr_fn=lr_fn, grad_clip=cfg.optim.grad_clip, checkpoint_every=cfg.checkpoint_every,
-                       keep_checkpoints=cfg.keep_checkpoints, config_yaml=to_yaml(cfg), tracker=tracker,
+                       keep_checkpoints=cfg.keep_checkpoints, config_yaml=to_yaml(planned), tracker=tracker,
                        log_every=cfg.log_every, after_step=method.after_optimizer_step,
                        desc=f"pretrain {cfg.method.name}", autocast=cfg.precision == "bf16")
     except Preempted as stop:
@@ -84,6 +95,72 @@ def run(cfg: PretrainConfig, run_dir: Path) -> None:
     tracker.summary({"final_step": result.step, "samples_per_s": result.samples_per_s,
                      "encoder_parameters": n_encoder})
     tracker.finish()
+
+
+LEAKAGE_FILE = "leakage.json"
+
+
+def _same_store(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def apply_leakage_guard(cfg: PretrainConfig, run_dir: Path) -> PretrainConfig:
+    """``cfg`` with the leakage guard's exclusions added to its stores (see the module docstring).
+
+    Rank 0 computes them (or reads ``leakage.json`` written by an earlier attempt with the same stores and
+    switch) and writes the file; the other ranks read it after a barrier.
+    """
+    if not cfg.eval_stores:
+        return cfg
+    path = run_dir / LEAKAGE_FILE
+    key = {"pretrain_stores": [s.path for s in cfg.data.stores], "eval_stores": list(cfg.eval_stores),
+           "guard": bool(cfg.leakage_guard)}
+    if D.is_main():
+        try:
+            known = json.loads(path.read_text(encoding="utf-8"))
+            fresh = known.get("key") != key
+        except FileNotFoundError:
+            fresh = True
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"{path} is damaged ({exc}); the overlap is computed again", RuntimeWarning, stacklevel=2)
+            fresh = True
+        if fresh:
+            write_json_atomic(path, _leakage_report(cfg, key))
+    D.barrier()
+    report = json.loads(path.read_text(encoding="utf-8"))
+    stores = [dataclasses.replace(src, exclude=sorted(set(src.exclude) | set(report["exclude"].get(src.path, []))))
+              for src in cfg.data.stores]
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stores=stores))
+
+
+def _leakage_report(cfg: PretrainConfig, key: dict) -> dict:
+    from ecg_core.data.leakage import find_overlap
+
+    checks, exclude = [], {}
+    for src in cfg.data.stores:
+        for eval_store in cfg.eval_stores:
+            if _same_store(src.path, eval_store):
+                checks.append({"pretrain_store": src.path, "eval_store": eval_store, "excluded_records": 0,
+                               "summary": f"the evaluation store itself, pretraining folds {list(src.folds) or 'all'} "
+                                          "(evaluation folds are kept out by fold; patient separation is checked "
+                                          "by the evaluation jobs)"})
+                continue
+            overlap = find_overlap(src.path, eval_store, progress=True)
+            excluded = overlap.exclude if cfg.leakage_guard else []
+            if excluded:
+                exclude.setdefault(src.path, set()).update(excluded)
+            checks.append({"pretrain_store": src.path, "eval_store": eval_store, "excluded_records": len(excluded),
+                           "pairs_by_name": overlap.count("name"), "pairs_by_signal": overlap.count("signal"),
+                           "eval_records": len(overlap.eval_records), "eval_patients": len(overlap.eval_patients),
+                           "summary": (f"{len(overlap.eval_records)} evaluation records of "
+                                       f"{len(overlap.eval_patients)} patients found ({overlap.count('name')} by "
+                                       f"source identity, {overlap.count('signal')} by signal); "
+                                       + (f"{len(excluded)} pretraining records excluded" if cfg.leakage_guard
+                                          else "NOT excluded (leakage_guard: false)"))})
+            if overlap.pairs:
+                print(f"leakage guard: {overlap.summary()}", flush=True)
+    return {"key": key, "guard": bool(cfg.leakage_guard), "checks": checks,
+            "exclude": {store: sorted(ids) for store, ids in exclude.items()}}
 
 
 def _views_figure(cfg: PretrainConfig, method: torch.nn.Module, run_dir: Path) -> Path | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ecg_core.config import ConfigError, save_config, to_yaml
-from launcher.grid import Grid, GridError, load_grid
+from launcher.grid import EVAL_KINDS, Grid, GridError, load_grid
 from launcher.manifest import Manifest, ManifestError
 from launcher.plan import AGGREGATE_KEY, JobSpec, Plan, make_plan
 from launcher.profiles import ClusterProfile, default_profile, load_profile
@@ -168,22 +168,35 @@ def _dry_run(plan: Plan) -> int:
     return 0
 
 
-def _print_parameter_counts(plan: Plan, limit: int = 20) -> None:
-    """Encoder parameter counts of the grid's distinct encoders (built on CPU; skipped for huge grids)."""
-    seen: dict[str, str] = {}
+def _print_parameter_counts(plan: Plan, limit: int = 50) -> None:
+    """Parameter count of each distinct encoder of the grid (built on CPU) and the methods that use it.
+
+    Cells are grouped by what can change their encoder (recipe and ``encoder.*`` values); at most ``limit``
+    groups are resolved, so a 10,000-cell sweep over learning rates costs one build per recipe.
+    """
+    groups: dict[str, list[Any]] = {}
     for cell in plan.grid.cells:
-        key = cell.encoder + repr(sorted((k, repr(v)) for k, v in cell.values if k.startswith("encoder")))
-        if key not in seen and len(seen) < limit:
-            seen[key] = cell.cell_id
-    if not seen:
+        token = cell.recipe + repr(sorted((k, repr(v)) for k, v in cell.values if k.startswith("encoder")))
+        if cell.baseline_for:
+            token = cell.cell_id
+        groups.setdefault(token, []).append(cell)
+    if not groups:
         return
     from ecg_core.encoders import build_encoder, count_parameters
 
-    for cell_id in seen.values():
-        cfg = plan.grid.pretrain_config(plan.cell(cell_id))
-        n = count_parameters(build_encoder(cfg.encoder))
-        sys.stdout.write(f"encoder {cfg.encoder.name} {dict(cfg.encoder.params) or ''}: {n:,} parameters "
-                         f"(e.g. {cell_id})\n")
+    encoders: dict[str, tuple[Any, list[Any]]] = {}
+    for cells in list(groups.values())[:limit]:
+        enc = plan.grid.pretrain_config(cells[0]).encoder
+        key = repr((enc.name, sorted(enc.params.items())))
+        encoders.setdefault(key, (enc, []))[1].extend(cells)
+    for enc, cells in encoders.values():
+        n = count_parameters(build_encoder(enc))
+        methods = ", ".join(dict.fromkeys(c.method for c in cells))
+        params = " ".join(f"{k}={v}" for k, v in enc.params.items())
+        sys.stdout.write(f"encoder {enc.name}{f' ({params})' if params else ''}: {n:,} parameters; "
+                         f"{len(cells)} cell(s): {methods}\n")
+    if len(groups) > limit:
+        sys.stdout.write(f"(parameter counts of the first {limit} of {len(groups)} encoder settings)\n")
 
 
 def _array_count(plan: Plan, jobs: Sequence[JobSpec]) -> int:
@@ -392,17 +405,20 @@ def _groups(plan: Plan, todo: set[str], slurm: bool) -> list[Group]:
     pre_jobs = next(iter(pre_by_res.values()), [])
     array_cells = [j.cell_id for j in pre_jobs] if slurm and len(pre_by_res) == 1 and len(pre_jobs) >= 2 else []
     combos: dict[Any, list[JobSpec]] = defaultdict(list)
-    for job in plan.jobs:
-        if job.key in todo and job.kind in ("linear_eval", "finetune"):
-            combos[(job.kind, job.stage, job.resources)].append(job)
     per_cell: dict[Any, list[JobSpec]] = defaultdict(list)
+    after_evals: dict[Any, list[JobSpec]] = defaultdict(list)
+    for job in plan.jobs:
+        if job.key in todo and job.kind == "robustness":   # after an evaluation, not a pretraining
+            after_evals[(job.cell_id, job.kind, job.resources)].append(job)
+        elif job.key in todo and job.kind in EVAL_KINDS.values():
+            combos[(job.kind, job.stage, job.resources)].append(job)
     for (kind, stage, res), jobs in combos.items():
         if array_cells and [j.cell_id for j in jobs] == array_cells:
             out.append((kind, stage, res, jobs, "aftercorr"))
         else:
             for job in jobs:
                 per_cell[(job.cell_id, job.kind, job.resources)].append(job)
-    for (cell, kind, res), jobs in per_cell.items():
+    for (cell, kind, res), jobs in [*per_cell.items(), *after_evals.items()]:
         out.append((kind, cell, res, jobs, "afterok"))
     agg = [job for job in plan.jobs if job.key in todo and job.kind == "aggregate"]
     if agg:

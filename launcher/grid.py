@@ -45,6 +45,7 @@ from launcher.profiles import RESOURCE_KEYS
 __all__ = [
     "EVAL_KINDS",
     "EvaluationSpec",
+    "RobustnessSpec",
     "Cell",
     "Grid",
     "GridError",
@@ -56,8 +57,8 @@ __all__ = [
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-STAGE_KINDS = ("pretrain", "linear_eval", "finetune", "aggregate")
-EVAL_KINDS = {"linear": "linear_eval", "finetune": "finetune"}
+STAGE_KINDS = ("pretrain", "linear_eval", "frozen_attention", "finetune", "robustness", "aggregate")
+EVAL_KINDS = {"linear": "linear_eval", "frozen_attention": "frozen_attention", "finetune": "finetune"}
 """Evaluation protocol name (grid ``evaluation.protocols``) -> stage kind."""
 
 TOP_LEVEL_KEYS = ("name", "description", "recipes", "dataset", "overrides", "axes", "zip", "include", "exclude",
@@ -70,6 +71,18 @@ class GridError(ConfigError):
 
 
 @dataclass
+class RobustnessSpec:
+    """Corruption robustness jobs chained after the evaluation runs they name (``evaluation.robustness``)."""
+
+    enabled: bool = False
+    protocols: list[str] = field(default_factory=lambda: ["linear"])   # whose trained models are corrupted
+    label_fractions: list[float] = field(default_factory=lambda: [1.0])
+    corruptions: list[str] = field(default_factory=list)   # empty: every ecg_core.corruptions.CORRUPTIONS entry
+    severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    seed: int = 0
+
+
+@dataclass
 class EvaluationSpec:
     """What runs after each pretraining: protocols x tasks x label fractions x seeds."""
 
@@ -78,10 +91,13 @@ class EvaluationSpec:
     label_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     tasks: list[str] = field(default_factory=list)     # `task` or `dataset:task`; empty: every task of the dataset
+    baselines: bool = True   # a random_init cell per distinct encoder (see :func:`baseline_cells`)
     dataset: str = ""                                    # default: the grid's dataset
     common: dict[str, Any] = field(default_factory=dict)     # EvalConfig values for every protocol
     linear: dict[str, Any] = field(default_factory=dict)     # ... for the linear probe only
+    frozen_attention: dict[str, Any] = field(default_factory=dict)   # ... for the attention probe only
     finetune: dict[str, Any] = field(default_factory=dict)   # ... for finetuning only
+    robustness: RobustnessSpec = field(default_factory=lambda: RobustnessSpec())
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,7 @@ class Cell:
     values: tuple[tuple[str, Any], ...]   # this cell's own key/value pairs (axes, zip, include)
     method: str
     encoder: str
+    baseline_for: tuple[str, ...] = ()   # a baseline cell: the cells whose encoder it is (see baseline_cells)
 
     def overrides(self) -> dict[str, Any]:
         return dict(self.values)
@@ -120,9 +137,12 @@ class Grid:
     recipe_configs: dict[str, PretrainConfig] = field(default_factory=dict, repr=False)
     recipe_digests: dict[str, str] = field(default_factory=dict, repr=False)
     eval_bases: dict[str, EvalConfig] = field(default_factory=dict, repr=False)
+    baseline_configs: dict[str, PretrainConfig] = field(default_factory=dict, repr=False)
 
     def pretrain_config(self, cell: Cell) -> PretrainConfig:
         """The cell's full pretraining config (before the planner fills stores and tracking)."""
+        if cell.cell_id in self.baseline_configs:
+            return self.baseline_configs[cell.cell_id]
         # the grid's dataset is every cell's pretraining dataset unless the cell or the overrides say otherwise
         layer = nest_dotted({"dataset": self.dataset, **self.overrides, **cell.overrides()})
         layer.pop(RECIPE_KEY, None)
@@ -185,7 +205,9 @@ def load_grid(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Gr
     recipes = raw.get("recipes")
     if isinstance(recipes, str):
         recipes = [recipes]
-    if not isinstance(recipes, list) or not recipes or not all(isinstance(r, str) for r in recipes):
+    if recipes is None:
+        recipes = []
+    if not isinstance(recipes, list) or not all(isinstance(r, str) for r in recipes):
         raise GridError(src, "recipes", "a list of recipe files (experiments/*.yaml) is required")
     dataset = raw.get("dataset", "demo")
     if not isinstance(dataset, str) or not dataset:
@@ -209,6 +231,12 @@ def load_grid(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Gr
             seen_keys[key] = where
     include = _entries(raw.get("include") or [], src, "include")
     exclude = _entries(raw.get("exclude") or [], src, "exclude")
+    if not recipes and RECIPE_KEY not in axes:
+        without = [i for i, entry in enumerate(include) if RECIPE_KEY not in entry]
+        if not include or without:
+            where = f"include[{without[0]}]" if without else "recipes"
+            raise GridError(src, where, "a list of recipe files (experiments/*.yaml) is required, or a "
+                                        "`recipe:` in every include entry")
 
     evaluation = _typed(EvaluationSpec, raw.get("evaluation") or {}, src, "evaluation")
     for proto in evaluation.protocols:
@@ -220,6 +248,23 @@ def load_grid(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Gr
     if evaluation.enabled and not (evaluation.protocols and evaluation.label_fractions and evaluation.seeds):
         raise GridError(src, "evaluation", "protocols, label_fractions and seeds must not be empty "
                                            "(set evaluation.enabled: false to pretrain only)")
+    rob = evaluation.robustness
+    for proto in rob.protocols:
+        if proto not in evaluation.protocols and proto not in BASELINE_PROTOCOLS:
+            raise GridError(src, "evaluation.robustness.protocols",
+                            f"protocol {proto!r} is not evaluated by this grid ({', '.join(evaluation.protocols)})")
+    if rob.enabled and not set(rob.label_fractions) & set(evaluation.label_fractions):
+        raise GridError(src, "evaluation.robustness.label_fractions",
+                        f"none of {rob.label_fractions} is in evaluation.label_fractions {evaluation.label_fractions}")
+    bad = [s for s in rob.severities if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 5]
+    if bad:
+        raise GridError(src, "evaluation.robustness.severities", f"severities are 1..5, got {bad}")
+    if rob.enabled and rob.corruptions:
+        from ecg_core.corruptions import CORRUPTIONS   # numpy only
+        unknown = [c for c in rob.corruptions if c not in CORRUPTIONS]
+        if unknown:
+            raise GridError(src, "evaluation.robustness.corruptions",
+                            f"unknown corruption {unknown[0]!r}; known: {', '.join(CORRUPTIONS)}")
     tracking = _typed(TrackingConfig, raw.get("tracking") or {}, src, "tracking")
     resources = _resources(raw.get("resources") or {}, src)
 
@@ -230,6 +275,8 @@ def load_grid(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Gr
     _eval_bases(grid)
     grid.cells = expand(grid)
     _validate_cells(grid)
+    if evaluation.enabled and evaluation.baselines:
+        grid.cells += baseline_cells(grid)
     return grid
 
 
@@ -350,7 +397,7 @@ def _recipe_digest(path: Path, depth: int = 0) -> str:
 def _eval_bases(grid: Grid) -> None:
     ev = grid.evaluation
     src = str(grid.path)
-    for proto in ev.protocols:
+    for proto in EVAL_KINDS:   # every protocol: the baseline cells always get `finetune`
         layers = [("planner", {"pretrain_dir": "(set by the planner)"}),
                   (f"{src}: evaluation.common", _nested(ev.common)),
                   (f"{src}: evaluation.{proto}", _nested(getattr(ev, proto)))]
@@ -378,7 +425,7 @@ def expand(grid: Grid) -> list[Cell]:
     """The grid's cells in their deterministic order (see the module docstring)."""
     dims: list[list[tuple[tuple[str, Any], ...]]] = []
     recipe_axis = grid.axes.get(RECIPE_KEY)
-    if recipe_axis is None:
+    if recipe_axis is None:   # no recipes: the grid's cells are its include entries only
         dims.append([((RECIPE_KEY, r),) for r in grid.recipes])
     for key, values in grid.axes.items():
         dims.append([((key, v),) for v in values])
@@ -413,6 +460,52 @@ def expand(grid: Grid) -> list[Cell]:
         cells.append(Cell(index=len(cells), cell_id=cell_id, recipe=recipe, values=tuple(values.items()),
                           method=method, encoder=encoder))
     return cells
+
+
+BASELINE_RECIPE = PROJECT_ROOT / "experiments" / "random_init.yaml"
+BASELINE_PROTOCOLS = ("finetune",)
+"""Protocols a baseline cell gets in addition to the grid's: finetuning a random-init encoder on the labels
+of a fraction is the supervised model of that encoder trained from scratch on the same labels."""
+
+
+def baseline_cells(grid: Grid) -> list[Cell]:
+    """One ``random_init`` cell per distinct encoder of the grid's cells (appended after them).
+
+    The encoder, window, normalisation and dataset come from the cells (so its evaluations see the same
+    inputs and architecture as theirs), the rest from ``experiments/random_init.yaml``. Evaluated with every
+    protocol of the grid, it is the random-encoder baseline (a frozen random encoder with a trained head
+    is a strong baseline for ECG; see the README), and its ``finetune`` runs (always planned, see
+    :data:`BASELINE_PROTOCOLS`) are the supervised model of the same encoder trained from scratch on the same
+    labels and fraction. A grid that already has a ``random_init`` cell with that encoder gets none.
+    Switched off by ``evaluation.baselines: false``.
+    """
+    base = load_config(PretrainConfig, [BASELINE_RECIPE])
+    digest = _recipe_digest(BASELINE_RECIPE)
+    groups: dict[str, tuple[PretrainConfig, list[str]]] = {}
+    seen: dict[str, PretrainConfig] = {}   # one resolved config per (recipe, encoder/data values)
+    for cell in grid.cells:
+        related = {k: v for k, v in {**grid.overrides, **cell.overrides()}.items()
+                   if k.startswith(("encoder", "data.window", "data.normalize", "dataset"))}
+        token = cell.recipe + _canonical(related)
+        if token not in seen:
+            seen[token] = grid.pretrain_config(cell)
+        cfg = seen[token]
+        key = _canonical([dataclasses.asdict(cfg.encoder), cfg.data.window, cfg.data.normalize, cfg.dataset])
+        if cell.method == "random_init":
+            groups[key] = (cfg, [])   # the grid has this baseline itself
+            continue
+        groups.setdefault(key, (cfg, []))[1].append(cell.cell_id)
+    out: list[Cell] = []
+    for key, (cfg, sources) in groups.items():
+        if not sources:
+            continue
+        cell_id = f"random_init-{cfg.encoder.name}-" + hashlib.sha256(f"{digest}\n{key}".encode()).hexdigest()[:10]
+        grid.baseline_configs[cell_id] = dataclasses.replace(
+            base, encoder=cfg.encoder, dataset=cfg.dataset,
+            data=dataclasses.replace(base.data, window=cfg.data.window, normalize=cfg.data.normalize))
+        out.append(Cell(index=len(grid.cells) + len(out), cell_id=cell_id, recipe=str(BASELINE_RECIPE), values=(),
+                        method="random_init", encoder=cfg.encoder.name, baseline_for=tuple(sources)))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------

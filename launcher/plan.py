@@ -1,11 +1,14 @@
 """The plan: every job of a grid with its run directory, dependencies, resources and config.
 
-Each cell becomes ``pretrain -> {linear_eval, finetune} x task x label_fraction x seed``, and the grid
-ends with one ``aggregate`` job after all evaluations::
+Each cell becomes ``pretrain -> {linear_eval, frozen_attention, finetune} x task x label_fraction x seed``
+(the grid's protocols; baseline cells always get ``finetune``), optionally followed by a ``robustness`` job
+per evaluation run that ``evaluation.robustness`` names, and the grid ends with one ``aggregate`` job after
+all of them::
 
     <runs_root>/<grid>/<cell_id>/pretrain/
     <runs_root>/<grid>/<cell_id>/linear_eval-<task>-f<fraction>-s<seed>/
     <runs_root>/<grid>/<cell_id>/finetune-<task>-f<fraction>-s<seed>/
+    <runs_root>/<grid>/<cell_id>/robustness-linear_eval-<task>-f<fraction>-s<seed>/
     <runs_root>/<grid>/report/                     (the aggregate job: results.csv, report.md, plots)
 
 Names come from the grid (cell ids are hashes of the cell's values), never from the clock, so launching
@@ -26,8 +29,8 @@ from typing import Any
 
 from ecg_core.config import ConfigError
 from ecg_core.data.config import StoreSource
-from jobs.config import AggregateConfig, PretrainConfig, TrackingConfig
-from launcher.grid import EVAL_KINDS, Cell, Grid, GridError, resolve_path
+from jobs.config import AggregateConfig, PretrainConfig, RobustnessConfig, TrackingConfig
+from launcher.grid import BASELINE_PROTOCOLS, EVAL_KINDS, STAGE_KINDS, Cell, Grid, GridError, resolve_path
 from launcher.profiles import ClusterProfile
 
 __all__ = ["AGGREGATE_KEY", "JobSpec", "Plan", "make_plan", "resolve_dataset", "wandb_run_id"]
@@ -100,7 +103,10 @@ class Plan:
             data = dataclasses.replace(cfg.data, stores=[StoreSource(path=str(store), weight=1.0,
                                                                      folds=list(cfg.pretrain_folds))])
             job = self.job(f"{cell_id}/pretrain")
-            self._pretrain_cache[cell_id] = dataclasses.replace(cfg, data=data, tracking=self.tracking(job))
+            ev = self.grid.evaluation
+            eval_stores = sorted({str(self.stores[d]) for d in self._eval_datasets()}) if ev.enabled else []
+            self._pretrain_cache[cell_id] = dataclasses.replace(cfg, data=data, tracking=self.tracking(job),
+                                                                eval_stores=eval_stores)
         return self._pretrain_cache[cell_id]
 
     def config_for(self, job: JobSpec) -> Any:
@@ -108,12 +114,19 @@ class Plan:
         if job.kind == "pretrain":
             return self.pretrain_config(job.cell_id)
         if job.kind == "aggregate":
-            expected = [str(self.job(k).run_dir) for k in job.depends_on]
-            variants = {c.cell_id: ", ".join(f"{k}={v}" for k, v in c.values) for c in self.grid.cells}
+            expected = [str(self.job(k).run_dir) for k in job.depends_on if self.job(k).kind != "robustness"]
+            robustness = [str(self.job(k).run_dir) for k in job.depends_on if self.job(k).kind == "robustness"]
+            variants = {c.cell_id: _variant(self.grid, c) for c in self.grid.cells}
             if len(set(variants.values())) <= 1:
                 variants = {}   # one cell per method: the method name says it all
             return AggregateConfig(grid=self.grid.name, grid_dir=str(self.grid_dir), expected=expected,
-                                   variants=variants, tracking=self.tracking(job))
+                                   robustness=robustness, variants=variants, tracking=self.tracking(job))
+        if job.kind == "robustness":
+            rob = self.grid.evaluation.robustness
+            parent = self.job(job.depends_on[0])
+            return RobustnessConfig(eval_dir=str(parent.run_dir), corruptions=list(rob.corruptions),
+                                    severities=list(rob.severities), seed=rob.seed,
+                                    batch_size=self.config_for(parent).batch_size, tracking=self.tracking(job))
         protocol = next(p for p, kind in EVAL_KINDS.items() if kind == job.kind)
         base = self.grid.eval_bases[protocol]
         pre = self.pretrain_config(job.cell_id)
@@ -129,6 +142,20 @@ class Plan:
 
     def _eval_dataset(self) -> str:
         return self.grid.evaluation.dataset or self.grid.dataset
+
+    def _eval_datasets(self) -> set[str]:
+        """Every dataset the grid evaluates on (the default one and those named by ``dataset:task``)."""
+        tasks = {job.task for job in self.jobs if job.task}
+        return {self._eval_dataset()} | {_split_task(t, self._eval_dataset())[0] for t in tasks}
+
+
+def _variant(grid: Grid, cell: Cell) -> str:
+    """What tells a cell from the other cells of its method in the report."""
+    if cell.baseline_for:
+        enc = grid.pretrain_config(cell).encoder
+        params = ", ".join(f"{k}={v}" for k, v in sorted(enc.params.items()) if not isinstance(v, (list, dict)))
+        return f"baseline: {enc.name}" + (f" ({params})" if params else "")
+    return ", ".join(f"{k}={v}" for k, v in cell.values)
 
 
 def wandb_run_id(grid: str, key: str) -> str:
@@ -179,7 +206,7 @@ def make_plan(grid: Grid, profile: ClusterProfile, runs_root: Path | None = None
     grid_dir = (root / grid.name).absolute()
     src = str(grid.path)
     resources: dict[str, tuple[tuple[str, Any], ...]] = {}
-    for kind in ("pretrain", "linear_eval", "finetune", "aggregate"):
+    for kind in STAGE_KINDS:
         res = grid.resources.get(kind, {})
         try:
             profile.with_resources(**res)
@@ -216,13 +243,17 @@ def make_plan(grid: Grid, profile: ClusterProfile, runs_root: Path | None = None
 
     jobs: list[JobSpec] = []
     evals: list[str] = []
+    rob = ev.robustness
     for cell in grid.cells:
         pre_key = f"{cell.cell_id}/pretrain"
         jobs.append(JobSpec(key=pre_key, kind="pretrain", cell_id=cell.cell_id, stage="pretrain",
                             run_dir_text=f"{grid_dir}/{cell.cell_id}/pretrain", resources=resources["pretrain"]))
     if ev.enabled:
         for cell in grid.cells:
-            for protocol in ev.protocols:
+            protocols = list(ev.protocols)
+            if cell.baseline_for:
+                protocols += [p for p in BASELINE_PROTOCOLS if p not in protocols]
+            for protocol in protocols:
                 kind = EVAL_KINDS[protocol]
                 for task in tasks:
                     for fraction in ev.label_fractions:
@@ -235,6 +266,14 @@ def make_plan(grid: Grid, profile: ClusterProfile, runs_root: Path | None = None
                                                 resources=resources[kind], task=task, label_fraction=float(fraction),
                                                 seed=int(seed)))
                             evals.append(key)
+                            if (rob.enabled and protocol in rob.protocols and fraction in rob.label_fractions):
+                                rkey = f"{cell.cell_id}/robustness-{stage}"
+                                jobs.append(JobSpec(key=rkey, kind="robustness", cell_id=cell.cell_id,
+                                                    stage=f"robustness-{stage}",
+                                                    run_dir_text=f"{grid_dir}/{cell.cell_id}/robustness-{stage}",
+                                                    depends_on=(key,), resources=resources["robustness"],
+                                                    task=task, label_fraction=float(fraction), seed=int(seed)))
+                                evals.append(rkey)
         jobs.append(JobSpec(key=AGGREGATE_KEY, kind="aggregate", cell_id="", stage=AGGREGATE_KEY,
                             run_dir_text=f"{grid_dir}/{AGGREGATE_KEY}", depends_on=tuple(evals), dependency="afterany",
                             resources=resources["aggregate"]))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -285,9 +286,43 @@ def local_job_alive(job_id: str) -> bool:
 
 def _submit_batch(executor: submitit.AutoExecutor, fn: Callable[..., Any],
                   args_list: Sequence[Sequence[Any]]) -> list[submitit.Job[Any]]:
+    if executor.cluster == "local":
+        return [_submit_local(executor, fn, args) for args in args_list]
     with executor.batch():
         jobs = [executor.submit(fn, *args) for args in args_list]
     return jobs
+
+
+_LOCAL_RUNNING: list[tuple[submitit.Job[Any], int]] = []
+"""Local jobs started by this process and the CPUs each was given (see :func:`_submit_local`)."""
+LOCAL_POLL_S = 0.5
+
+
+def local_cpus() -> int:
+    """CPUs local jobs may use at once: the ``ECG_SSL_LOCAL_CPUS`` variable, else the CPUs of this process."""
+    value = os.environ.get("ECG_SSL_LOCAL_CPUS", "")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"ECG_SSL_LOCAL_CPUS must be a positive integer, got {value!r}")
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _submit_local(executor: submitit.AutoExecutor, fn: Callable[..., Any], args: Sequence[Any]) -> submitit.Job[Any]:
+    """Start one local job once enough CPUs are free: a job costs ``tasks_per_node x cpus_per_task`` of
+    :func:`local_cpus` (one bigger than the machine runs alone). Without this, every job of a stage would
+    start at once and a laptop would run 16 trainings on 2 cores, each slower than running them in turn."""
+    params = executor._executor.parameters   # noqa: SLF001 - submitit keeps the resources there
+    capacity = local_cpus()
+    cost = min(capacity, int(params.get("tasks_per_node") or 1) * int(params.get("cpus_per_task") or 1))
+    while True:
+        _LOCAL_RUNNING[:] = [(job, n) for job, n in _LOCAL_RUNNING if not job.done()]
+        if not _LOCAL_RUNNING or sum(n for _, n in _LOCAL_RUNNING) + cost <= capacity:
+            break
+        time.sleep(LOCAL_POLL_S)
+    job = executor.submit(fn, *args)
+    _LOCAL_RUNNING.append((job, cost))
+    return job
 
 
 def _array_of(after: Sequence[JobRef], n: int) -> str:

@@ -18,6 +18,7 @@ class StoreSource:
     weight: float = 1.0               # relative share of the windows drawn from this store
     folds: list[int] = field(default_factory=list)   # only records of these folds (empty: all records)
     records: list[str] = field(default_factory=list)  # only these record ids (empty: all; with folds: both)
+    exclude: list[str] = field(default_factory=list)  # never these record ids (the leakage guard's exclusions)
 
 
 @dataclass

@@ -130,8 +130,9 @@ class WindowSampler:
                              f"on each of {world_size} ranks; lower batch_size or raise windows_per_epoch")
         data = asdict(cfg) | {"num_workers": None, "start_method": None, "prefetch_factor": None}
         for src in data["stores"]:
-            if not src["records"]:
-                del src["records"]   # configs without a record filter keep the fingerprint they had before it
+            for key in ("records", "exclude"):
+                if not src[key]:
+                    del src[key]     # configs without a record filter keep the fingerprint they had before it
         if data["pairing"] == "none":
             del data["pairing"]      # likewise for configs without pairing
         self.fingerprint = hashlib.sha256(json.dumps({
@@ -185,11 +186,14 @@ class WindowSampler:
                 raise ValueError(f"{store.path}: {len(unknown)} of the {len(wanted)} requested records are not in "
                                  f"the store, e.g. {sorted(unknown)[:3]}")
             ok &= rec["record_id"].isin(wanted).to_numpy()
+        if src.exclude:
+            ok &= ~rec["record_id"].isin(set(map(str, src.exclude))).to_numpy()
         idx = np.flatnonzero(ok)
         if idx.size == 0:
             raise ValueError(f"{store.path}: no record of length >= {self._need} samples"
                              + (f" in folds {src.folds}" if src.folds else "")
-                             + (f" among the {len(src.records)} requested records" if src.records else ""))
+                             + (f" among the {len(src.records)} requested records" if src.records else "")
+                             + (f" once {len(src.exclude)} excluded records are left out" if src.exclude else ""))
         offsets = store.offsets
         block_id = offsets[idx] // self.cfg.block_len
         blocks = []

@@ -5,7 +5,10 @@ Every builder is called as ``ENCODERS[name](in_leads=12, **params)`` and returns
 - ``forward(x_BLT) -> z_BD`` (float32 input in mV or normalised; any length the network can pool),
 - ``out_dim: int`` (``D``),
 - ``blocks() -> list[nn.Module]``: the sub-modules to shard individually with FSDP2 ``fully_shard``
-  before the root (:func:`ecg_core.distributed.shard_model`); none of them returns a view of its input.
+  before the root (:func:`ecg_core.distributed.shard_model`); none of them returns a view of its input;
+- ``sequence(x_BLT) -> h_BSD`` and ``sequence_dim: int``: the time steps or tokens right before the global
+  pooling of ``forward`` (what the frozen attention probe of the evaluation pools itself). An encoder
+  without them still works there as a sequence of one step (:func:`encoder_sequence`).
 
 The registry is a plain dict (DESIGN.md practice 2): no decorators, nothing registers at import.
 A grid/recipe names an encoder as ``encoder: {name: xresnet1d50, params: {base_width: 32}}``
@@ -17,9 +20,11 @@ Shapes: ``B`` batch, ``L`` leads, ``T`` time, ``D`` representation features.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from ecg_core.config import ConfigError
@@ -30,7 +35,7 @@ from ecg_core.encoders.vit1d import vit1d_base, vit1d_small, vit1d_tiny
 from ecg_core.encoders.vit2d import image_vit_base, image_vit_tiny
 from ecg_core.encoders.xresnet1d import xresnet1d18, xresnet1d34, xresnet1d50, xresnet1d50_seed, xresnet1d101
 
-__all__ = ["ENCODERS", "build_encoder", "count_parameters", "validate_encoder"]
+__all__ = ["ENCODERS", "build_encoder", "count_parameters", "encoder_sequence", "sequence_dim", "validate_encoder"]
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "xresnet1d18": xresnet1d18,
@@ -50,6 +55,26 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "seed_cnn": seed_cnn,
 }
 """Encoder name -> builder ``(in_leads=12, **params) -> nn.Module`` (see the module docstring)."""
+
+
+def encoder_sequence(encoder: nn.Module, x_BLT: torch.Tensor) -> torch.Tensor:
+    """``h_BSD`` of ``encoder``: its ``sequence`` output, or ``encoder(x)`` as one step when it has none
+    (an encoder plugged in from elsewhere), with a warning once per class."""
+    if hasattr(encoder, "sequence"):
+        return encoder.sequence(x_BLT)
+    if type(encoder) not in _WARNED:
+        _WARNED.add(type(encoder))
+        warnings.warn(f"{type(encoder).__name__} has no sequence(): the attention probe sees its pooled output as a "
+                      "sequence of one step", RuntimeWarning, stacklevel=2)
+    return encoder(x_BLT)[:, None, :]
+
+
+def sequence_dim(encoder: nn.Module) -> int:
+    """The feature size ``D`` of :func:`encoder_sequence`."""
+    return int(getattr(encoder, "sequence_dim", None) or encoder.out_dim)
+
+
+_WARNED: set[type] = set()
 
 _SOURCE = "encoder registry"   # ConfigError source: these checks see the merged config, not one file
 

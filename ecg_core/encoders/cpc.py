@@ -95,6 +95,7 @@ class CPCEncoder(nn.Module):
         self.feature_dim: int = base_width    # F: size of z_t, what the method's predictors aim at
         self.context_dim: int = base_width    # H: size of c_t
         self.out_dim: int = base_width * (3 if pool == "concat" else 1)
+        self.sequence_dim: int = base_width   # the context states c_t that forward pools
 
     def blocks(self) -> list[nn.Module]:
         """Units for FSDP2 ``fully_shard``: ``g_enc`` and ``g_ar`` (together: every parameter)."""
@@ -129,6 +130,10 @@ class CPCEncoder(nn.Module):
         z_BFS = self.features(x_BLT)
         c_SBH = self.context(z_BFS.permute(2, 0, 1))
         return z_BFS.transpose(1, 2), c_SBH.transpose(0, 1)
+
+    def sequence(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        """``c_BSH``: the context states that :meth:`forward` pools (last, mean, or both and the max)."""
+        return self.sequences(x_BLT)[1]
 
     def forward(self, x_BLT: torch.Tensor, sequences: bool = False):
         """``z_BD`` (pooled context), or with ``sequences=True`` the pair of :meth:`sequences`.

@@ -38,6 +38,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ecg_core.encoders.xresnet1d import StagedConv1d
+
 __all__ = ["BasicBlock1d", "ResNet1d", "resnet1d18", "resnet1d34"]
 
 POOLS = ("avg", "concat")
@@ -80,7 +82,7 @@ class BasicBlock1d(nn.Module):
         return self.act(self.bn2(self.conv2(h_BCT)) + self.shortcut(x_BCT))
 
 
-class ResNet1d(nn.Module):
+class ResNet1d(StagedConv1d):
     """Stem (conv k7 s2 + BN + ReLU, then max-pool 3/2), residual stages of basic blocks, global pooling.
 
     Args:
@@ -120,6 +122,7 @@ class ResNet1d(nn.Module):
             c_in = width
         self.stages = nn.ModuleList(stages)
         self.out_dim: int = c_in * (2 if pool == "concat" else 1)
+        self.sequence_dim: int = c_in
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -131,19 +134,6 @@ class ResNet1d(nn.Module):
             elif isinstance(m, nn.BatchNorm1d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def blocks(self) -> list[nn.Module]:
-        """Units for FSDP2 ``fully_shard``: the stem and each residual stage (together: every parameter)."""
-        return [self.stem, *self.stages]
-
-    def forward(self, x_BLT: torch.Tensor) -> torch.Tensor:
-        h_BCT = self.stem_pool(self.stem(x_BLT))
-        for stage in self.stages:
-            h_BCT = stage(h_BCT)
-        z_BC = h_BCT.mean(dim=-1)
-        if self.pool == "concat":
-            return torch.cat([z_BC, h_BCT.amax(dim=-1)], dim=1)
-        return z_BC
 
 
 def _standard(layers: Sequence[int], in_leads: int, base_width: int, kernel_size: int, kernel_size_stem: int,

@@ -134,6 +134,7 @@ class PCLRCNN(nn.Module):
             for i in range(len(widths) - 1))
         self.out_norm = nn.Sequential(nn.BatchNorm1d(widths[-1], **_KERAS_BN), nn.ReLU(inplace=True))
         self.out_dim: int = widths[-1]
+        self.sequence_dim: int = widths[-1]
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -153,11 +154,15 @@ class PCLRCNN(nn.Module):
         """Units for FSDP2 ``fully_shard``: the stem, each residual unit and the output norm (every parameter)."""
         return [self.stem, *self.units, self.out_norm]
 
-    def forward(self, x_BLT: torch.Tensor) -> torch.Tensor:
+    def sequence(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        """``h_BSD``: the normalised time steps that :meth:`forward` averages."""
         y_BCT = self.stem(x_BLT)
         for unit in self.units:
             y_BCT = unit(y_BCT)
-        return self.out_norm(y_BCT).mean(dim=-1)   # GlobalAveragePooling1D "embed"
+        return self.out_norm(y_BCT).transpose(1, 2)
+
+    def forward(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        return self.sequence(x_BLT).mean(dim=1)   # GlobalAveragePooling1D "embed"
 
 
 class SeedCNN(nn.Module):
@@ -188,6 +193,7 @@ class SeedCNN(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.layers = tuple(tuple(layer) for layer in layers)
         self.out_dim: int = c_in
+        self.sequence_dim: int = c_in
         # min_window: the shortest input that leaves one sample after the last (unpadded) convolution.
         n = 1
         for _, k, s in reversed(self.layers):
@@ -204,15 +210,19 @@ class SeedCNN(nn.Module):
         """Units for FSDP2 ``fully_shard``: each conv block (together: every parameter)."""
         return list(self.convs)
 
-    def forward(self, x_BLT: torch.Tensor) -> torch.Tensor:
+    def sequence(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        """``h_BSD``: the time steps that :meth:`forward` averages (with ``per_lead``, each time step averaged
+        over the leads' encodings, so that the mean over time is still the mean of the lead embeddings)."""
         B, L, T = x_BLT.shape
         h_BCT = x_BLT.reshape(B * L, 1, T) if self.per_lead else x_BLT
         for conv in self.convs:
             h_BCT = conv(h_BCT)
-        z_BD = h_BCT.mean(dim=-1)
         if self.per_lead:
-            z_BD = z_BD.reshape(B, L, -1).mean(dim=1)   # seed 1: mean of the lead embeddings
-        return z_BD
+            h_BCT = h_BCT.reshape(B, L, *h_BCT.shape[1:]).mean(dim=1)
+        return h_BCT.transpose(1, 2)
+
+    def forward(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        return self.sequence(x_BLT).mean(dim=1)   # seed 1 per_lead: the mean of the lead embeddings
 
 
 def pclr_cnn(in_leads: int = 12, base_width: int = 64, kernel_size: int = 16) -> PCLRCNN:

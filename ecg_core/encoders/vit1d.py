@@ -172,6 +172,7 @@ class ViT1d(nn.Module):
         self.patch_size = patch_size
         self.dim = dim
         self.out_dim: int = dim
+        self.sequence_dim: int = dim
         self.patch_embed = PatchEmbed1d(in_leads, patch_size, dim)
         self.layers = nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -219,6 +220,10 @@ class ViT1d(nn.Module):
         if keep_BK is not None:
             h_BND = gather_tokens(h_BND, keep_BK)
         return self.encode(h_BND)
+
+    def sequence(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        """``h_BND``: the final tokens of all patches, in order."""
+        return self.tokens(x_BLT)
 
     def forward(self, x_BLT: torch.Tensor) -> torch.Tensor:
         """``z_BD``: mean of the final tokens of all patches."""

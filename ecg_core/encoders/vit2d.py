@@ -107,6 +107,7 @@ class ImageViT(nn.Module):
         self.grid = image_size // patch_size
         self.dim = dim
         self.out_dim: int = dim
+        self.sequence_dim: int = dim
         self.layout, self.amplitude_mv, self.grid_mv = layout, float(amplitude_mv), float(grid_mv)
         self.patch_embed = PatchEmbed2d(self.channels, patch_size, dim)
         self.layers = nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias) for _ in range(depth))
@@ -144,6 +145,10 @@ class ImageViT(nn.Module):
         for block in self.layers:
             h_BND = block(h_BND)
         return self.norm(h_BND)
+
+    def sequence(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        """``h_BND``: the final tokens of all patches of the rendered ``x_BLT`` (row-major)."""
+        return self.image_tokens(self.render(x_BLT))
 
     def forward(self, x_BLT: torch.Tensor) -> torch.Tensor:
         """``z_BD``: mean of the final tokens of all patches of the rendered ``x_BLT``."""

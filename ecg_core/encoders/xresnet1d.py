@@ -86,7 +86,40 @@ class ResBlock1d(nn.Module):
         return self.act(self.branch(x_BCT) + self.shortcut(x_BCT))
 
 
-class XResNet1d(nn.Module):
+class StagedConv1d(nn.Module):
+    """What the residual CNNs (:class:`XResNet1d`, :class:`~ecg_core.encoders.resnet1d.ResNet1d`) share once
+    ``__init__`` has built ``stem``, ``stem_pool``, ``stages`` and set ``pool``, ``out_dim`` and ``sequence_dim``:
+    the FSDP2 units, the trunk, its time steps and their global pooling."""
+
+    stem: nn.Module
+    stem_pool: nn.Module
+    stages: nn.ModuleList
+    pool: str
+
+    def blocks(self) -> list[nn.Module]:
+        """Units for FSDP2 ``fully_shard``: the stem and each residual stage (together: every parameter)."""
+        return [self.stem, *self.stages]
+
+    def features(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        """``h_BCT``: the last stage's output, before global pooling."""
+        h_BCT = self.stem_pool(self.stem(x_BLT))
+        for stage in self.stages:
+            h_BCT = stage(h_BCT)
+        return h_BCT
+
+    def sequence(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        """``h_BSD``: the time steps the pooling of :meth:`forward` averages (and maxes), ``D = sequence_dim``."""
+        return self.features(x_BLT).transpose(1, 2)
+
+    def forward(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        h_BCT = self.features(x_BLT)
+        z_BC = h_BCT.mean(dim=-1)
+        if self.pool == "concat":
+            return torch.cat([z_BC, h_BCT.amax(dim=-1)], dim=1)
+        return z_BC
+
+
+class XResNet1d(StagedConv1d):
     """Stem (3 conv layers + max-pool), four residual stages, global pooling: ``x_BLT -> z_BD``.
 
     Args:
@@ -138,6 +171,7 @@ class XResNet1d(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.out_dim: int = c_in * (2 if pool == "concat" else 1)
+        self.sequence_dim: int = c_in
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -153,19 +187,6 @@ class XResNet1d(nn.Module):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm1d):
                 nn.init.zeros_(m.bias)
-
-    def blocks(self) -> list[nn.Module]:
-        """Units for FSDP2 ``fully_shard``: the stem and each residual stage (together: every parameter)."""
-        return [self.stem, *self.stages]
-
-    def forward(self, x_BLT: torch.Tensor) -> torch.Tensor:
-        h_BCT = self.stem_pool(self.stem(x_BLT))
-        for stage in self.stages:
-            h_BCT = stage(h_BCT)
-        z_BC = h_BCT.mean(dim=-1)
-        if self.pool == "concat":
-            return torch.cat([z_BC, h_BCT.amax(dim=-1)], dim=1)
-        return z_BC
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

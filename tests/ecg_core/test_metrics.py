@@ -27,6 +27,7 @@ from ecg_core.metrics import (
     macro_auroc,
     paired_bootstrap,
     paired_bootstrap_macro_auroc,
+    paired_bootstrap_mean_macro_auroc,
 )
 
 
@@ -498,3 +499,24 @@ def test_bootstrap_bad_arguments():
         bootstrap_ci(generic_macro(names), [y, s[:3]])
     with pytest.raises(ValueError, match="NaN/inf"):
         paired_bootstrap_macro_auroc(y, s, np.full((4, 4), np.nan), names)
+
+
+def test_paired_bootstrap_of_seed_averaged_auroc_matches_the_generic_path():
+    rng = np.random.default_rng(5)
+    y = (rng.random((120, 3)) < 0.35).astype(float)
+    names = ["a", "b", "c"]
+    runs_a = [np.round(rng.normal(size=y.shape) + 1.5 * y, 1) for _ in range(3)]   # rounded: ties
+    runs_b = [rng.normal(size=y.shape) + 0.5 * y for _ in range(3)]
+    fast = paired_bootstrap_mean_macro_auroc(y, runs_a, runs_b, names, n_resamples=200, seed=2)
+
+    def averaged(yy, s_NKC):
+        return float(np.mean([macro_auroc(yy, s_NKC[:, k], names).macro for k in range(s_NKC.shape[1])]))
+
+    slow = paired_bootstrap(averaged, y, np.stack(runs_a, axis=1), np.stack(runs_b, axis=1), n_resamples=200, seed=2)
+    assert fast.delta == pytest.approx(slow.delta, abs=1e-12) and fast.n_valid == slow.n_valid
+    assert (fast.low, fast.high, fast.p_value) == pytest.approx((slow.low, slow.high, slow.p_value), abs=1e-9)
+    assert fast.delta > 0 and fast.p_value < 0.01
+    one = paired_bootstrap_mean_macro_auroc(y, runs_a[:1], runs_b[:1], names, n_resamples=200, seed=2)
+    assert one == paired_bootstrap_macro_auroc(y, runs_a[0], runs_b[0], names, n_resamples=200, seed=2)
+    with pytest.raises(ValueError, match="same number"):
+        paired_bootstrap_mean_macro_auroc(y, runs_a, runs_b[:2], names)

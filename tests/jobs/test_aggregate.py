@@ -6,6 +6,7 @@ import statistics
 
 import pandas as pd
 import pytest
+import scipy.stats
 from PIL import Image
 
 from ecg_core.tracking import read_offline_run
@@ -129,7 +130,12 @@ def test_aggregate_report_csv_plots_and_wandb(tmp_path, capsys):
                 values = [auroc(method, protocol, fraction, seed) for seed in SEEDS]
                 text = f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} (n={len(values)}"
                 assert cell.startswith(text), (method, protocol, fraction, cell)
-    assert table_row(report, "byol", "finetune")[1].endswith("(n=2, 1 failed)")
+    assert "(n=2, 1 failed; 95 % CI " in table_row(report, "byol", "finetune")[1]
+    # the 95 % t-interval of the mean over seeds
+    values = [auroc("simclr", "linear", FRACTIONS[0], seed) for seed in SEEDS]
+    half = scipy.stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    ci = f"95 % CI {statistics.mean(values) - half:.3f}–{statistics.mean(values) + half:.3f}"
+    assert ci in table_row(report, "simclr", "linear")[0]
     assert "## Failed runs (1)" in report
     failed_line = next(line for line in report.splitlines() if "byol-xresnet1d50/finetune-f1-s2" in line)
     assert str(err_log) in failed_line and "no result.json" in failed_line
@@ -198,3 +204,80 @@ def test_malformed_results_become_failed_rows(tmp_path, capsys, monkeypatch):
     assert any(str(grid_dir / "bad-auroc" / "linear_eval" / "result.json") in line for line in errors)
     assert not stale.exists() and (grid_dir / "report" / "auroc_vs_fraction_rhythm.png").is_file()
     assert "## Failed runs (4)" in (grid_dir / "report" / "report.md").read_text()
+
+
+def test_report_sections_baselines_paired_tests_robustness_compute_leakage(tmp_path):
+    """Every section of the report on a grid like the demo's: a method and the random-init baseline, each with
+    predictions (the method clearly better), compute records, a leakage check and a robustness run."""
+    import numpy as np
+
+    from ecg_core.scoring import Predictions, headline_metrics, write_predictions
+
+    rng = np.random.default_rng(0)
+    grid_dir = tmp_path / "demo"
+    y_val, y_test = (rng.random((80, 3)) < 0.4).astype(np.float32), (rng.random((150, 3)) < 0.4).astype(np.float32)
+    expected, robustness = [], []
+    for method, signal in (("simclr", 2.5), ("random_init", 0.3)):
+        pretrain_dir = grid_dir / cell_of(method) / "pretrain"
+        write_yaml(pretrain_dir / "config.yaml", f"method:\n  name: {method}\nencoder:\n  name: {ENCODER}\n")
+        (pretrain_dir / "compute.json").write_text(json.dumps({
+            "attempts": [{"wall_s": 36.0}, {"wall_s": 36.0}], "cpu_hours": 0.04, "device": "cpu", "world_size": 2,
+            "samples_seen": 6400, "samples_per_s": 88.9, "wall_s": 72.0, "encoder_parameters": 294880}))
+        if method == "simclr":
+            (pretrain_dir / "leakage.json").write_text(json.dumps({"guard": True, "exclude": {}, "checks": [{
+                "eval_store": "/data/ptbxl.zarr", "excluded_records": 10, "summary": "10 evaluation records found"}]}))
+        for protocol in PROTOCOLS:
+            for seed in SEEDS:
+                run_dir = grid_dir / cell_of(method) / stage_of(protocol, 1.0, seed)
+                expected.append(str(run_dir))
+
+                def probs(y):
+                    return 1 / (1 + np.exp(-(rng.normal(size=y.shape) + signal * (2 * y - 1))))
+
+                pred = Predictions(classes=list(CLASSES), val_ids=np.array([f"v{i}" for i in range(80)]), y_val=y_val,
+                                   val_scores=probs(y_val), test_ids=np.array([f"t{i}" for i in range(150)]),
+                                   y_test=y_test, test_scores=probs(y_test))
+                run_dir.mkdir(parents=True)
+                write_predictions(run_dir, pred)
+                metrics = headline_metrics(pred)
+                result = {"method": method, "encoder": ENCODER, "protocol": protocol, "task": TASK,
+                          "label_fraction": 1.0, "seed": seed, "pretrain_dir": str(pretrain_dir), "wall_s": 30.0,
+                          **{k: v for k, v in metrics.items() if k != "bootstrap_valid"}}
+                (run_dir / "result.json").write_text(json.dumps(result))
+                if protocol == "linear":
+                    rob = grid_dir / cell_of(method) / f"robustness-{run_dir.name}"
+                    rob.mkdir()
+                    robustness.append(str(rob))
+                    (rob / "robustness.json").write_text(json.dumps({
+                        "eval_dir": str(run_dir), "protocol": "linear", "task": TASK, "label_fraction": 1.0,
+                        "seed": seed, "clean_macro_auroc": metrics["macro_auroc"],
+                        "macro_auroc": {"lead_dropout": {"0": metrics["macro_auroc"], "1": 0.7, "5": 0.55}}}))
+    robustness.append(str(grid_dir / cell_of("simclr") / "robustness-never-ran"))
+    aggregate.run(AggregateConfig(grid="demo", grid_dir=str(grid_dir), expected=expected, robustness=robustness,
+                                  tracking=TrackingConfig(mode="disabled")), grid_dir / "report")
+    report = (grid_dir / "report" / "report.md").read_text()
+    for section in (f"## Task `{TASK}`", f"### All metrics, task `{TASK}`", f"### Baselines, task `{TASK}`",
+                    f"### Paired bootstrap tests, task `{TASK}`", f"### Corruption robustness, task `{TASK}`",
+                    "## Compute", "## Leakage guard", "## Failed runs (1)", "## Pretraining runs"):
+        assert section in report, section
+    # baselines named as such; the method beats them, significantly, in the paired test
+    assert table_row(report, "random_init", "linear")
+    assert "| random init | xresnet1d50 | linear |" in report and "| supervised from scratch |" in report
+    paired = report.split("### Paired bootstrap tests")[1].split("###")[0]
+    simclr_row = next(line for line in paired.splitlines() if line.startswith("| simclr |"))
+    assert re.search(r"\| \+0\.\d+\* \|", simclr_row), simclr_row
+    # robustness: clean and mean over severities per corruption; the missing run is a failed row
+    rob = pd.read_csv(grid_dir / "report" / "robustness.csv")
+    assert set(rob["state"]) == {"ok", "failed"} and (rob["severity"].dropna().astype(int).isin([0, 1, 5])).all()
+    rob_section = report.split("### Corruption robustness")[1]
+    assert "| simclr | linear |" in rob_section and "0.625" in rob_section   # mean of 0.7 and 0.55
+    assert (grid_dir / "report" / f"robustness_{TASK}.png").read_bytes()[:8] == PNG_MAGIC
+    # compute and leakage
+    compute = pd.read_csv(grid_dir / "report" / "compute.csv")
+    assert set(compute["method"]) == {"simclr", "random_init"} and (compute["samples_seen"] == 6400).all()
+    assert (compute["attempts"] == 2).all() and (compute["eval_runs"] == 4).all()
+    assert "| simclr | /data/ptbxl.zarr | 10 | 10 evaluation records found |" in report
+    results = pd.read_csv(grid_dir / "report" / "results.csv")
+    assert set(results["baseline"].fillna("")) == {"", "random init", "supervised from scratch"}
+    assert (results["macro_auroc_ci_low"] <= results["macro_auroc"]).all()
+    assert (results["macro_auroc"] <= results["macro_auroc_ci_high"]).all()

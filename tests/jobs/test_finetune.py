@@ -55,7 +55,7 @@ def test_result_and_selection(straight_run):
 def test_preempted_run_resumes_from_its_checkpoint(straight_run, tmp_path, monkeypatch):
     cfg, straight_dir = straight_run
     run_dir = tmp_path / "run"
-    record = finetune._Selection.record
+    record = finetune.Selection.record
 
     def record_then_preempt(self, step, auroc, model):
         is_best = record(self, step, auroc, model)
@@ -63,7 +63,7 @@ def test_preempted_run_resumes_from_its_checkpoint(straight_run, tmp_path, monke
             preemption.request_stop()   # as the runner's signal handler would, during the next segment
         return is_best
 
-    monkeypatch.setattr(finetune._Selection, "record", record_then_preempt)
+    monkeypatch.setattr(finetune.Selection, "record", record_then_preempt)
     try:
         with pytest.raises(Preempted):
             finetune.run(cfg, run_dir)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ecg_core.methods import METHODS
 from launcher.grid import GridError, load_grid
 from launcher.plan import AGGREGATE_KEY, make_plan
 from launcher.profiles import load_profile
@@ -30,26 +31,86 @@ overrides:
 """
 
 
+def own(grid):
+    """The grid's own cells (without the random-init baselines appended per encoder)."""
+    return [c for c in grid.cells if not c.baseline_for]
+
+
 def test_demo_grid_golden_expansion():
     grid = load_grid(ROOT / "grids/demo.yaml")
-    assert [c.overrides() for c in grid.cells] == [
-        {"method.params.temperature": 0.1}, {"method.params.temperature": 0.5}]
-    assert [c.cell_id.rsplit("-", 1)[0] for c in grid.cells] == ["simclr-xresnet1d50"] * 2
+    # every method once (random_init comes as the baselines), then one baseline per distinct encoder
+    assert sorted(c.method for c in own(grid)) == sorted(m for m in METHODS if m != "random_init")
+    baselines = [c for c in grid.cells if c.baseline_for]
+    assert [c.encoder for c in baselines] == ["xresnet1d50", "cpc_encoder", "vit1d_tiny", "image_vit_base"]
+    assert {c.cell_id for c in own(grid)} == {cell for b in baselines for cell in b.baseline_for}
     plan = make_plan(grid, load_profile("local"), runs_root=Path("/runs"), store_tasks={"demo": ["labels"]})
     kinds = [job.kind for job in plan.jobs]
-    # 2 pretrain, 2 cells x 2 protocols x 1 task x 2 fractions x 2 seeds evaluations, 1 aggregate
-    assert kinds.count("pretrain") == 2 and kinds.count("linear_eval") == 8 and kinds.count("finetune") == 8
-    assert kinds[-1] == "aggregate" and len(kinds) == 19
+    # 16 pretrain; 16 cells x 2 protocols x 1 task x 2 fractions x 1 seed; robustness of the 100 % linear probes
+    assert kinds.count("pretrain") == 16 and kinds.count("linear_eval") == 32 and kinds.count("finetune") == 32
+    assert kinds.count("robustness") == 16 and kinds[-1] == "aggregate" and len(kinds) == 97
     c0 = grid.cells[0].cell_id
-    assert [j.stage for j in plan.jobs if j.cell_id == c0] == ["pretrain"] + [
-        f"{kind}-labels-f{f}-s{s}" for kind in ("linear_eval", "finetune") for f in ("0.1", "1") for s in (0, 1)]
+    assert [j.stage for j in plan.jobs if j.cell_id == c0] == [
+        "pretrain", "linear_eval-labels-f0.1-s0", "linear_eval-labels-f1-s0", "robustness-linear_eval-labels-f1-s0",
+        "finetune-labels-f0.1-s0", "finetune-labels-f1-s0"]
     assert plan.job(f"{c0}/pretrain").run_dir == Path("/runs/demo") / c0 / "pretrain"
+    rob = plan.config_for(plan.job(f"{c0}/robustness-linear_eval-labels-f1-s0"))
+    assert rob.eval_dir == str(Path("/runs/demo") / c0 / "linear_eval-labels-f1-s0") and rob.severities == [1, 3, 5]
+    agg = plan.config_for(plan.job(AGGREGATE_KEY))
+    assert len(agg.expected) == 64 and len(agg.robustness) == 16
+
+
+def test_baselines_one_random_init_per_encoder(tmp_path):
+    text = BASE.replace("  encoder.params.base_width: 8\n", "") + (
+        "axes:\n"
+        "  optim.lr: [0.1, 0.01]\n"
+        "include:\n"
+        "  - {recipe: experiments/mae.yaml, encoder.name: vit1d_tiny, encoder.params.depth: 2}\n"
+        "evaluation:\n"
+        "  protocols: [linear]\n"
+        "  label_fractions: [1.0]\n"
+        "  seeds: [0]\n"
+        "  tasks: [labels]\n")
+    grid = load_grid(write_grid(tmp_path, text))
+    base = [c for c in grid.cells if c.baseline_for]
+    assert [(c.method, c.encoder) for c in base] == [("random_init", "xresnet1d50"), ("random_init", "vit1d_tiny")]
+    assert base[0].baseline_for == tuple(c.cell_id for c in own(grid)[:2])
+    vit = grid.pretrain_config(base[1])
+    mae = grid.pretrain_config(own(grid)[2])
+    assert vit.encoder == mae.encoder and vit.data.window == mae.data.window and vit.method.name == "random_init"
+    assert vit.steps == 1 and vit.optim.lr == 0.0   # the random_init recipe: weights as initialised
+    plan = make_plan(grid, load_profile("local"), runs_root=tmp_path, store_tasks={"demo": ["labels"]})
+    stages = [j.stage for j in plan.jobs if j.cell_id == base[0].cell_id]
+    # the grid's protocol, plus finetune: the supervised-from-scratch baseline of that encoder
+    assert stages == ["pretrain", "linear_eval-labels-f1-s0", "finetune-labels-f1-s0"]
+    assert not any(j.kind == "finetune" for j in plan.jobs if j.cell_id in {c.cell_id for c in own(grid)})
+    # switched off; and a grid with its own random_init cell of that encoder gets no second one
+    off = load_grid(write_grid(tmp_path, text.replace("  tasks: [labels]", "  tasks: [labels]\n  baselines: false"),
+                               "off.yaml"))
+    assert not any(c.baseline_for for c in off.cells)
+    mine = load_grid(write_grid(tmp_path, BASE + "include:\n  - {recipe: experiments/random_init.yaml, "
+                                "encoder.params.base_width: 8}\n", "mine.yaml"))
+    assert not any(c.baseline_for for c in mine.cells)
+
+
+def test_include_only_grid_and_robustness_errors(tmp_path):
+    text = "name: t\ndataset: demo\ninclude:\n  - {recipe: experiments/simclr.yaml, encoder.params.base_width: 8}\n"
+    grid = load_grid(write_grid(tmp_path, text))
+    assert [c.method for c in own(grid)] == ["simclr"]
+    with pytest.raises(GridError, match="include\\[0\\].*recipe"):
+        load_grid(write_grid(tmp_path, "name: t\ninclude:\n  - {seed: 1}\n", "bad.yaml"))
+    for extra, message in [("    corruptions: [rain]\n", "unknown corruption 'rain'"),
+                           ("    severities: [0, 6]\n", "severities are 1..5"),
+                           ("    protocols: [frozen_attention]\n", "not evaluated by this grid")]:
+        rob = BASE + "evaluation:\n  robustness:\n    enabled: true\n" + extra
+        with pytest.raises(GridError, match=message):
+            load_grid(write_grid(tmp_path, rob, "rob.yaml"))
 
 
 def test_all_methods_grid_expands_every_recipe():
     grid = load_grid(ROOT / "grids/all_methods.yaml")
-    recipes = {c.recipe for c in grid.cells}
-    assert recipes == set(grid.recipes) and len(grid.cells) == len(grid.recipes)
+    recipes = {c.recipe for c in own(grid)}
+    assert recipes == set(grid.recipes) and len(own(grid)) == len(grid.recipes)
+    assert {c.method for c in own(grid)} == set(METHODS)
     assert len({c.cell_id for c in grid.cells}) == len(grid.cells)
 
 
@@ -58,7 +119,7 @@ def test_ids_are_stable_and_follow_values_not_order_or_clock(tmp_path):
     g2 = load_grid(write_grid(tmp_path, BASE + "axes:\n  optim.lr: [0.1, 0.01]\n  seed: [1, 2]\n", "h.yaml"))
     assert [c.cell_id for c in g1.cells] == [c.cell_id for c in g2.cells]
     # product order: last axis fastest
-    assert [c.overrides() for c in g1.cells] == [
+    assert [c.overrides() for c in own(g1)] == [
         {"optim.lr": lr, "seed": s} for lr, s in itertools.product([0.1, 0.01], [1, 2])]
     # a different grid-wide value changes every id; the same cell in a bigger grid keeps its id
     changed = BASE.replace("steps: 10", "steps: 11")
@@ -80,7 +141,7 @@ def test_zip_include_exclude(tmp_path):
         include:
           - {seed: 7, optim.lr: 0.5}
         """)))
-    assert [c.overrides() for c in grid.cells] == [
+    assert [c.overrides() for c in own(grid)] == [
         {"seed": 0, "optim.lr": 0.1, "optim.warmup_steps": 1},
         {"seed": 0, "optim.lr": 0.01, "optim.warmup_steps": 2},
         {"seed": 1, "optim.lr": 0.1, "optim.warmup_steps": 1},
@@ -138,6 +199,7 @@ def test_plan_dag_order_and_dependencies(tmp_path):
           label_fractions: [0.5]
           seeds: [0]
           tasks: [labels]
+          baselines: false
         resources:
           pretrain: {tasks_per_node: 2}
         """)))
@@ -185,4 +247,5 @@ def test_grid_dataset_reaches_every_cell_and_its_store(tmp_path):
     plan = make_plan(grid, load_profile("local"), runs_root=tmp_path, store_tasks={str(store): ["labels"]})
     cfg = plan.config_for(plan.jobs[0])
     assert cfg.dataset == str(store) and cfg.data.stores[0].path == str(store)
-    assert plan.config_for(plan.jobs[1]).store == str(store)
+    first_eval = next(j for j in plan.jobs if j.kind == "linear_eval")
+    assert plan.config_for(first_eval).store == str(store)

@@ -48,9 +48,17 @@ def test_local_smoke_grid_runs_every_stage(smoke_run):
     results = pd.read_csv(plan.grid_dir / "report" / "results.csv")
     assert sorted(results["protocol"]) == ["finetune", "linear"]
     assert results["macro_auroc"].between(0, 1).all()
-    for job in plan.jobs[1:3]:
+    for job in [j for j in plan.jobs if j.kind in ("linear_eval", "finetune")]:
         result_json = json.loads((job.run_dir / "result.json").read_text())
         assert result_json["cell_id"] == pre.cell_id and result_json["checkpoint_step"] == 6
+    # the robustness job re-scored the linear probe: clean = the probe's own test number
+    rob = next(j for j in plan.jobs if j.kind == "robustness")
+    linear = json.loads((plan.job(rob.depends_on[0]).run_dir / "result.json").read_text())
+    rob_json = json.loads((rob.run_dir / "robustness.json").read_text())
+    assert rob_json["clean_macro_auroc"] == pytest.approx(linear["macro_auroc"], abs=1e-12)
+    assert list(rob_json["macro_auroc"]) == ["lead_dropout"]
+    report = (plan.grid_dir / "report" / "report.md").read_text()
+    assert "### Corruption robustness, task `labels`" in report and "## Compute" in report
 
 
 def test_relaunch_submits_nothing_and_status_shows_done(smoke_run):
@@ -60,16 +68,17 @@ def test_relaunch_submits_nothing_and_status_shows_done(smoke_run):
     assert "0 to submit" in again.stderr
     assert json.loads((smoke_run["plan"].grid_dir / "manifest.json").read_text())["jobs"] == before
     status = launch(*smoke_run["args"][:4], "--status", smoke_run["args"][4])
-    assert status.returncode == 0 and "total: 4 DONE" in status.stdout, status.stdout
+    assert status.returncode == 0 and "total: 5 DONE" in status.stdout, status.stdout
 
 
 def test_dry_run_lists_every_job_and_submits_nothing(demo_store, tmp_path):
     result = launch("--grid", "grids/demo.yaml", "--runs-root", str(tmp_path), f"dataset={demo_store}", "--dry-run")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.split() and line.split()[0] in
-             ("pretrain", "linear_eval", "finetune", "aggregate")]
-    assert len(lines) == 19
-    assert "total: 19 jobs (2 pretrain, 8 linear_eval, 8 finetune, 1 aggregate) in 2 cells" in result.stdout
+             ("pretrain", "linear_eval", "finetune", "robustness", "aggregate")]
+    assert len(lines) == 97
+    assert ("total: 97 jobs (16 pretrain, 32 linear_eval, 16 robustness, 32 finetune, 1 aggregate) in 16 cells"
+            in result.stdout)
     assert "parameters" in result.stdout
     assert not (tmp_path / "demo" / "manifest.json").exists()
     assert not any((tmp_path / "demo").rglob("config.yaml"))
@@ -89,7 +98,8 @@ def test_invalid_input_is_one_line_naming_file_and_key(tmp_path, demo_store):
 
 def test_failed_job_blocks_dependents_and_retry_completes(demo_store, tmp_path):
     args = ["--grid", "grids/smoke.yaml", "--runs-root", str(tmp_path), f"dataset={demo_store}",
-            "resources.pretrain.tasks_per_node=1", "evaluation.protocols=[linear]"]
+            "resources.pretrain.tasks_per_node=1", "evaluation.protocols=[linear]",
+            "evaluation.robustness.enabled=false"]
     plan = make_plan(load_grid(ROOT / "grids/smoke.yaml", args[4:]), load_profile("local"), runs_root=tmp_path)
     damaged = plan.jobs[0].run_dir / "checkpoints" / "step_0000002"
     damaged.mkdir(parents=True)

@@ -30,6 +30,14 @@ def write_after(path, delay_s):
     return "parent"
 
 
+def record_span(path, delay_s):
+    """Write this job's (start, end) wall-clock times to ``path``."""
+    start = time.time()
+    time.sleep(delay_s)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(f"{start} {time.time()}")
+
+
 def read_file(path):
     with open(path, encoding="utf-8") as handle:
         return handle.read()
@@ -117,3 +125,24 @@ def test_export_distributed_env_outside_a_job_changes_nothing(monkeypatch):
     before = dict(os.environ)
     assert export_distributed_env() is False
     assert dict(os.environ) == before
+
+
+def test_local_jobs_never_use_more_cpus_than_allowed(local_profile, tmp_path, monkeypatch):
+    monkeypatch.setenv("ECG_SSL_LOCAL_CPUS", "2")
+    executor = make_executor(local_profile, tmp_path / "%j", cpus_per_task=1)
+    paths = [tmp_path / f"span{i}.txt" for i in range(5)]
+    jobs = submit_array(executor, record_span, [(str(p), 1.5) for p in paths])
+    for job in jobs:
+        job.result()
+    spans = [tuple(map(float, p.read_text().split())) for p in paths]
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    running, most = 0, 0
+    for _, change in events:
+        running += change
+        most = max(most, running)
+    assert most == 2   # two at a time: never three, but not one after the other either
+    big = make_executor(local_profile, tmp_path / "%j", cpus_per_task=3)   # more than allowed: runs alone
+    assert [job.result() for job in submit_array(big, add, [(1, 1), (2, 2)])] == [2, 4]
+    monkeypatch.setenv("ECG_SSL_LOCAL_CPUS", "zero")
+    with pytest.raises(ValueError, match="ECG_SSL_LOCAL_CPUS must be a positive integer"):
+        submit_array(executor, add, [(1, 1)])

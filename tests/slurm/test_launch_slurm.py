@@ -100,6 +100,9 @@ def test_smoke_grid_chains_evaluations_after_pretraining_and_reports(slurm_profi
         if job.kind in ("linear_eval", "finetune"):
             start, _ = sacct_times(jobs[job.key]["job_id"])
             assert start >= pre_end, (job.key, start, pre_end)
+        if job.kind == "robustness":   # after the evaluation it re-scores
+            start, _ = sacct_times(jobs[job.key]["job_id"])
+            assert start >= sacct_times(jobs[job.depends_on[0]]["job_id"])[1], job.key
     results = pd.read_csv(report / "results.csv")
     assert sorted(results["protocol"]) == ["finetune", "linear"]
     assert results["macro_auroc"].between(0, 1).all()
@@ -107,7 +110,7 @@ def test_smoke_grid_chains_evaluations_after_pretraining_and_reports(slurm_profi
 
     status = launch(*args[:-1], "--status", args[-1])
     assert status.returncode == 0, status.stderr
-    assert "total: 4 DONE" in status.stdout, status.stdout
+    assert "total: 5 DONE" in status.stdout, status.stdout
 
     again = launch(*args)
     assert again.returncode == 0, again.stderr
@@ -209,7 +212,7 @@ def test_sbatch_refusing_midway_keeps_submitted_jobs_and_relaunch_completes(slur
         if entry.get("job_id"):
             assert second[key]["job_id"] == entry["job_id"] and second[key]["attempt"] == 1
     assert sorted(e["kind"] for e in second.values() if e.get("job_id")) == \
-        ["aggregate", "finetune", "linear_eval", "pretrain"]
+        ["aggregate", "finetune", "linear_eval", "pretrain", "robustness"]
     plan = plan_of(base, tmp_path)
     wait_for(plan.grid_dir / "report" / "DONE", 400, "the completed grid")
     assert all((job.run_dir / "DONE").exists() for job in plan.jobs)

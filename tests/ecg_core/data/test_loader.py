@@ -173,3 +173,15 @@ def test_record_filter(stores):
     c.stores[0].records = ["no-such-record"]
     with pytest.raises(ValueError, match="1 of the 1 requested records are not in the store"):
         WindowLoader(c)
+
+
+def test_excluded_records_are_never_drawn(stores):
+    st = open_store(stores[0])
+    ids = st.records["record_id"].tolist()
+    c = cfg(stores[:1], windows_per_epoch=160)
+    c.stores[0].exclude = ids[:-2]
+    seen = {int(r) for b in WindowLoader(c).take(10) for r in b["record"]}
+    assert seen == {len(ids) - 2, len(ids) - 1}
+    c.stores[0].exclude = ids
+    with pytest.raises(ValueError, match=f"once {len(ids)} excluded records are left out"):
+        WindowLoader(c)
