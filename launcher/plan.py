@@ -116,9 +116,7 @@ class Plan:
         if job.kind == "aggregate":
             expected = [str(self.job(k).run_dir) for k in job.depends_on if self.job(k).kind != "robustness"]
             robustness = [str(self.job(k).run_dir) for k in job.depends_on if self.job(k).kind == "robustness"]
-            variants = {c.cell_id: _variant(self.grid, c) for c in self.grid.cells}
-            if len(set(variants.values())) <= 1:
-                variants = {}   # one cell per method: the method name says it all
+            variants = _variants(self.grid)
             return AggregateConfig(grid=self.grid.name, grid_dir=str(self.grid_dir), expected=expected,
                                    robustness=robustness, variants=variants, tracking=self.tracking(job))
         if job.kind == "robustness":
@@ -149,13 +147,23 @@ class Plan:
         return {self._eval_dataset()} | {_split_task(t, self._eval_dataset())[0] for t in tasks}
 
 
-def _variant(grid: Grid, cell: Cell) -> str:
-    """What tells a cell from the other cells of its method in the report."""
-    if cell.baseline_for:
-        enc = grid.pretrain_config(cell).encoder
-        params = ", ".join(f"{k}={v}" for k, v in sorted(enc.params.items()) if not isinstance(v, (list, dict)))
-        return f"baseline: {enc.name}" + (f" ({params})" if params else "")
-    return ", ".join(f"{k}={v}" for k, v in cell.values)
+def _variants(grid: Grid) -> dict[str, str]:
+    """What tells a cell from the other cells of the same method and encoder in the report: the values that
+    differ between them (``method.params.temperature=0.1``); nothing for a cell alone of its kind."""
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for cell in grid.cells:
+        groups.setdefault((cell.method, cell.encoder), []).append(cell)
+    out: dict[str, str] = {}
+    for cells in groups.values():
+        if len(cells) < 2:
+            continue
+        values = [dict(c.values) if not c.baseline_for else
+                  {f"encoder.params.{k}": v for k, v in grid.pretrain_config(c).encoder.params.items()} for c in cells]
+        keys = sorted({k for v in values for k in v})
+        differing = [k for k in keys if len({repr(v.get(k)) for v in values}) > 1]
+        for cell, vals in zip(cells, values):
+            out[cell.cell_id] = ", ".join(f"{k}={vals[k]}" for k in differing if k in vals)
+    return out
 
 
 def wandb_run_id(grid: str, key: str) -> str:

@@ -20,6 +20,7 @@ nothing) if one of them failed, which is what SLURM's kill-on-invalid-dep does o
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -293,6 +294,7 @@ def _submit_batch(executor: submitit.AutoExecutor, fn: Callable[..., Any],
     return jobs
 
 
+log = logging.getLogger("launch")
 _LOCAL_RUNNING: list[tuple[submitit.Job[Any], int]] = []
 """Local jobs started by this process and the CPUs each was given (see :func:`_submit_local`)."""
 LOCAL_POLL_S = 0.5
@@ -322,6 +324,7 @@ def _submit_local(executor: submitit.AutoExecutor, fn: Callable[..., Any], args:
         time.sleep(LOCAL_POLL_S)
     job = executor.submit(fn, *args)
     _LOCAL_RUNNING.append((job, cost))
+    log.info("local job %s started: %s", job.job_id, " ".join(map(str, args)))
     return job
 
 

@@ -54,7 +54,7 @@ def test_demo_grid_golden_expansion():
         "finetune-labels-f0.1-s0", "finetune-labels-f1-s0"]
     assert plan.job(f"{c0}/pretrain").run_dir == Path("/runs/demo") / c0 / "pretrain"
     rob = plan.config_for(plan.job(f"{c0}/robustness-linear_eval-labels-f1-s0"))
-    assert rob.eval_dir == str(Path("/runs/demo") / c0 / "linear_eval-labels-f1-s0") and rob.severities == [1, 3, 5]
+    assert rob.eval_dir == str(Path("/runs/demo") / c0 / "linear_eval-labels-f1-s0") and rob.severities == [2, 5]
     agg = plan.config_for(plan.job(AGGREGATE_KEY))
     assert len(agg.expected) == 64 and len(agg.robustness) == 16
 
