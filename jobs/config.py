@@ -134,7 +134,8 @@ class EvalConfig:
     # frozen attention probe (frozen encoder, attention-pooling head over its time steps / tokens)
     attention_steps: int = 500
     attention_lr: float = 1e-3
-    attention_heads: int = 4
+    attention_heads: int = 0       # 0: the largest of 8, 4, 2, 1 that divides the encoder's sequence features
+    attention_mlp_ratio: float = 2.0   # residual MLP width / features (0: none; ~34 M head parameters at 2048-d)
     # test metrics: 95 % percentile bootstrap over test records
     bootstrap_resamples: int = 1000
     bootstrap_seed: int = 0

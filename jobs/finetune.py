@@ -89,10 +89,10 @@ class AttentionProbe(nn.Module):
     trained :class:`ecg_core.heads.AttentionPoolHead` (-> logits_BC). The encoder stays in eval mode (its
     batch-norm statistics and dropout are those of the pretrained model) and gets no gradient."""
 
-    def __init__(self, encoder: nn.Module, n_classes: int, num_heads: int):
+    def __init__(self, encoder: nn.Module, n_classes: int, num_heads: int | None, mlp_ratio: float = 2.0):
         super().__init__()
         self.encoder = encoder.requires_grad_(False)
-        self.head = AttentionPoolHead(sequence_dim(encoder), n_classes, num_heads=num_heads)
+        self.head = AttentionPoolHead(sequence_dim(encoder), n_classes, num_heads=num_heads, mlp_ratio=mlp_ratio)
 
     def train(self, mode: bool = True) -> AttentionProbe:
         super().train(mode)
@@ -108,7 +108,7 @@ class AttentionProbe(nn.Module):
 def build_model(cfg: EvalConfig, encoder: nn.Module, n_classes: int) -> nn.Module:
     """The trained network of ``cfg.protocol`` (``finetune`` or ``frozen_attention``) on ``encoder``."""
     if cfg.protocol == "frozen_attention":
-        return AttentionProbe(encoder, n_classes, cfg.attention_heads)
+        return AttentionProbe(encoder, n_classes, cfg.attention_heads or None, cfg.attention_mlp_ratio)
     if cfg.protocol == "finetune":
         return FinetuneModel(encoder, n_classes)
     raise ValueError(f"protocol {cfg.protocol!r} is not trained by this loop (finetune, frozen_attention)")

@@ -6,16 +6,32 @@ Every builder is called as ``ENCODERS[name](in_leads=12, **params)`` and returns
 - ``out_dim: int`` (``D``),
 - ``blocks() -> list[nn.Module]``: the sub-modules to shard individually with FSDP2 ``fully_shard``
   before the root (:func:`ecg_core.distributed.shard_model`); none of them returns a view of its input;
-- ``sequence(x_BLT) -> h_BSD`` and ``sequence_dim: int``: the time steps or tokens right before the global
-  pooling of ``forward`` (what the frozen attention probe of the evaluation pools itself). An encoder
-  without them still works there as a sequence of one step (:func:`encoder_sequence`).
+- ``sequence(x_BLT) -> h_BSD`` and ``sequence_dim: int`` (``D`` of ``h``): the ``S`` time steps or tokens
+  right before the global pooling of ``forward``, so that ``forward`` is a pooling of ``sequence`` over
+  ``S`` (what the ``frozen_attention`` evaluation pools with a trained
+  :class:`ecg_core.heads.AttentionPoolHead` instead). Built-in encoders:
+
+  - xresnet1d*, resnet1d*: the last stage's output ``h_BCT`` transposed; ``forward`` is its mean over time,
+    with ``pool="concat"`` concatenated with its max (``out_dim = 2 * sequence_dim``);
+  - pclr_cnn: the activated last unit (after ``out_norm``); ``forward`` is its mean;
+  - seed_cnn: the last block's output; with ``per_lead`` the per-lead sequences averaged over the leads at
+    every step; ``forward`` is its mean (up to rounding, see :class:`~ecg_core.encoders.seed_cnns.SeedCNN`);
+  - vit1d_*: the final (LayerNorm'd) patch tokens, ``S = T / patch_size``; ``forward`` is their mean;
+  - image_vit_*: the final tokens of the rendered image's patches (row-major), ``S = (image_size /
+    patch_size)^2`` whatever ``T``; ``forward`` is their mean;
+  - cpc_encoder: the context states ``c_t`` of ``g_ar``; ``forward`` is their last step, mean, or mean, max
+    and last step concatenated (``pool``: ``"last"``, ``"mean"``, ``"concat"``, ``out_dim = 3 * sequence_dim``).
+
+  Both ``sequence`` and ``sequence_dim`` or neither (:func:`has_sequence`): an encoder without them (a user's
+  plug-in) still works in the probe as a sequence of one step, its ``forward`` output
+  (:func:`encoder_sequence`, :func:`sequence_dim`), with a warning.
 
 The registry is a plain dict (DESIGN.md practice 2): no decorators, nothing registers at import.
 A grid/recipe names an encoder as ``encoder: {name: xresnet1d50, params: {base_width: 32}}``
 (:class:`jobs.config.EncoderConfig`); :func:`validate_encoder` checks it at ``--dry-run`` time and
 :func:`build_encoder` builds it.
 
-Shapes: ``B`` batch, ``L`` leads, ``T`` time, ``D`` representation features.
+Shapes: ``B`` batch, ``L`` leads, ``T`` time, ``S`` time steps or tokens, ``D`` features.
 """
 from __future__ import annotations
 
@@ -35,7 +51,8 @@ from ecg_core.encoders.vit1d import vit1d_base, vit1d_small, vit1d_tiny
 from ecg_core.encoders.vit2d import image_vit_base, image_vit_tiny
 from ecg_core.encoders.xresnet1d import xresnet1d18, xresnet1d34, xresnet1d50, xresnet1d50_seed, xresnet1d101
 
-__all__ = ["ENCODERS", "build_encoder", "count_parameters", "encoder_sequence", "sequence_dim", "validate_encoder"]
+__all__ = ["ENCODERS", "build_encoder", "count_parameters", "encoder_sequence", "has_sequence", "sequence_dim",
+           "validate_encoder"]
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "xresnet1d18": xresnet1d18,
@@ -57,10 +74,30 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 """Encoder name -> builder ``(in_leads=12, **params) -> nn.Module`` (see the module docstring)."""
 
 
+def has_sequence(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` provides the sequence protocol: a ``sequence`` method and an int ``sequence_dim``.
+
+    Raises:
+        TypeError: it has one of the two without the other (the probe would be built for the wrong width).
+    """
+    method = getattr(encoder, "sequence", None)
+    has_method = callable(method) and not isinstance(method, nn.Module)   # a sub-module named "sequence" is not it
+    dim = getattr(encoder, "sequence_dim", None)
+    has_dim = isinstance(dim, int) and not isinstance(dim, bool)
+    if has_method != has_dim:
+        raise TypeError(f"{type(encoder).__name__} has {'sequence()' if has_method else 'sequence_dim'} but not "
+                        f"{'sequence_dim' if has_method else 'sequence()'}: an encoder provides both or neither")
+    return has_method
+
+
 def encoder_sequence(encoder: nn.Module, x_BLT: torch.Tensor) -> torch.Tensor:
-    """``h_BSD`` of ``encoder``: its ``sequence`` output, or ``encoder(x)`` as one step when it has none
-    (an encoder plugged in from elsewhere), with a warning once per class."""
-    if hasattr(encoder, "sequence"):
+    """``h_BSD`` of ``encoder``: its ``sequence(x_BLT)``, or ``encoder(x_BLT)`` as a sequence of one step
+    (``(B, 1, out_dim)``) when it has none (an encoder plugged in from elsewhere), with a ``RuntimeWarning``
+    once per class. ``D`` is :func:`sequence_dim`.
+
+    ``sequence`` is called as a method, not through ``nn.Module.__call__``: hooks registered on ``encoder``
+    itself do not run (those of its sub-modules, e.g. FSDP2's on :meth:`blocks`, do)."""
+    if has_sequence(encoder):
         return encoder.sequence(x_BLT)
     if type(encoder) not in _WARNED:
         _WARNED.add(type(encoder))
@@ -70,8 +107,9 @@ def encoder_sequence(encoder: nn.Module, x_BLT: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_dim(encoder: nn.Module) -> int:
-    """The feature size ``D`` of :func:`encoder_sequence`."""
-    return int(getattr(encoder, "sequence_dim", None) or encoder.out_dim)
+    """The feature size ``D`` of :func:`encoder_sequence`: ``encoder.sequence_dim``, or ``encoder.out_dim`` for
+    an encoder without the sequence protocol."""
+    return int(encoder.sequence_dim if has_sequence(encoder) else encoder.out_dim)
 
 
 _WARNED: set[type] = set()

@@ -37,6 +37,12 @@ signals, embeddings averaged over leads, ``systems/simclr.py`` ``forward``): ``p
 Weights keep PyTorch's default initialisation, as the seed does. Unpadded convolutions need at least 223
 input samples (:meth:`SeedCNN.check_window`). ``base_width`` scales every width by ``base_width / 16``.
 
+Sequence outputs (:meth:`PCLRCNN.sequence`, :meth:`SeedCNN.sequence`, what the frozen attention probe pools):
+the time steps of the feature map that ``forward`` averages (PCLR: after ``out_norm``; seed CNN: after
+the last block's BatchNorm). In per-lead mode the 12 leads are 12 sequences on one time axis; the sequence is
+their mean at every step (one sequence per record, ``D = 256``, the width of ``forward``), not the 12 sequences
+side by side or one after the other.
+
 Shapes: ``B`` batch, ``L`` leads (input channels), ``C`` channels, ``T`` time, ``D`` output features,
 ``N = B * L`` signals in per-lead mode.
 """
@@ -154,15 +160,19 @@ class PCLRCNN(nn.Module):
         """Units for FSDP2 ``fully_shard``: the stem, each residual unit and the output norm (every parameter)."""
         return [self.stem, *self.units, self.out_norm]
 
-    def sequence(self, x_BLT: torch.Tensor) -> torch.Tensor:
-        """``h_BSD``: the normalised time steps that :meth:`forward` averages."""
+    def features(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        """``h_BCT``: the activated output of the last unit (``ReLU(BN(y))``), before global pooling."""
         y_BCT = self.stem(x_BLT)
         for unit in self.units:
             y_BCT = unit(y_BCT)
-        return self.out_norm(y_BCT).transpose(1, 2)
+        return self.out_norm(y_BCT)
+
+    def sequence(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        """``h_BSD``: the time steps that :meth:`forward` averages (``D = sequence_dim = out_dim``)."""
+        return self.features(x_BLT).transpose(1, 2)
 
     def forward(self, x_BLT: torch.Tensor) -> torch.Tensor:
-        return self.sequence(x_BLT).mean(dim=1)   # GlobalAveragePooling1D "embed"
+        return self.features(x_BLT).mean(dim=-1)   # GlobalAveragePooling1D "embed"
 
 
 class SeedCNN(nn.Module):
@@ -210,19 +220,31 @@ class SeedCNN(nn.Module):
         """Units for FSDP2 ``fully_shard``: each conv block (together: every parameter)."""
         return list(self.convs)
 
-    def sequence(self, x_BLT: torch.Tensor) -> torch.Tensor:
-        """``h_BSD``: the time steps that :meth:`forward` averages (with ``per_lead``, each time step averaged
-        over the leads' encodings, so that the mean over time is still the mean of the lead embeddings)."""
+    def features(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        """``h_NCT``: the last block's output before global pooling, one row per signal: ``N = B`` (leads as
+        channels) or ``N = B * L`` with ``per_lead`` (row ``b * L + l`` is lead ``l`` of record ``b``)."""
         B, L, T = x_BLT.shape
-        h_BCT = x_BLT.reshape(B * L, 1, T) if self.per_lead else x_BLT
+        h_NCT = x_BLT.reshape(B * L, 1, T) if self.per_lead else x_BLT
         for conv in self.convs:
-            h_BCT = conv(h_BCT)
+            h_NCT = conv(h_NCT)
+        return h_NCT
+
+    def sequence(self, x_BLT: torch.Tensor) -> torch.Tensor:
+        """``h_BSD``: the time steps that :meth:`forward` averages. With ``per_lead`` each time step is the mean
+        over the leads of their encodings at that step: the leads share one time axis (same network, same
+        input length), and the mean over time of this sequence is the mean of the lead embeddings, which
+        is :meth:`forward` (equal up to rounding: ``forward`` keeps the seed's order, time first)."""
+        h_NCT = self.features(x_BLT)
         if self.per_lead:
-            h_BCT = h_BCT.reshape(B, L, *h_BCT.shape[1:]).mean(dim=1)
-        return h_BCT.transpose(1, 2)
+            B, L = x_BLT.shape[:2]
+            h_NCT = h_NCT.reshape(B, L, *h_NCT.shape[1:]).mean(dim=1)
+        return h_NCT.transpose(1, 2)
 
     def forward(self, x_BLT: torch.Tensor) -> torch.Tensor:
-        return self.sequence(x_BLT).mean(dim=1)   # seed 1 per_lead: the mean of the lead embeddings
+        z_ND = self.features(x_BLT).mean(dim=-1)
+        if not self.per_lead:
+            return z_ND
+        return z_ND.reshape(*x_BLT.shape[:2], -1).mean(dim=1)   # seed 1: the mean of the lead embeddings
 
 
 def pclr_cnn(in_leads: int = 12, base_width: int = 64, kernel_size: int = 16) -> PCLRCNN:
