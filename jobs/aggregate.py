@@ -685,18 +685,18 @@ def plot_robustness(rob: pd.DataFrame, grid: str, task: str) -> bytes:
     rows = max(1, math.ceil(len(corruptions) / cols))
     figure = Figure(figsize=(3.2 * cols, 2.6 * rows + 0.8), dpi=100)
     FigureCanvasAgg(figure)
-    labels = data["method"].fillna("?") + data["variant"].fillna("").map(lambda v: f" [{v}]" if v else "") \
-        + " · " + data["protocol"].fillna("?")
-    data = data.assign(model=labels)
+    data = data.assign(model=_robustness_labels(data) + " · " + data["protocol"].fillna("?"))
     models = sorted(data["model"].unique())
     colors = {m: f"C{i % 10}" for i, m in enumerate(models)}
+    styles = {m: ("-", "--", ":", "-.")[i // 10 % 4] for i, m in enumerate(models)}   # > 10 models: dashes too
     for i, corruption in enumerate(corruptions):
         axes = figure.add_subplot(rows, cols, i + 1)
         part = data[data["corruption"] == corruption].groupby(["model", "severity"])["macro_auroc"].mean()
         for model in models:
             if model in part.index.get_level_values(0):
                 line = part.loc[model]
-                axes.plot(line.index, line.to_numpy(), marker="o", markersize=3, color=colors[model], label=model)
+                axes.plot(line.index, line.to_numpy(), marker="o", markersize=3, color=colors[model],
+                          linestyle=styles[model], label=model)
         axes.set_title(corruption, fontsize="small")
         axes.set_xlabel("severity", fontsize="small")
         axes.tick_params(labelsize="x-small")
@@ -715,7 +715,7 @@ def _robustness_section(task: str, rob: pd.DataFrame, plot: str | None) -> list[
     data = rob[(rob["task"] == task) & (rob["state"] == "ok")]
     if data.empty:
         return []
-    data = data.assign(model=[_model(m, v) for m, v in zip(data["method"], data["variant"])])
+    data = data.assign(model=_robustness_labels(data))
     clean = data[data["severity"] == 0].groupby(["model", "protocol"])["macro_auroc"].mean()
     corrupted = data[data["severity"] > 0].groupby(["model", "protocol", "corruption"])["macro_auroc"].mean()
     corruptions = sorted(data["corruption"].unique())
@@ -731,6 +731,14 @@ def _robustness_section(task: str, rob: pd.DataFrame, plot: str | None) -> list[
     if plot:
         lines += [f"![robustness, {task}]({plot})", ""]
     return lines
+
+
+def _robustness_labels(data: pd.DataFrame) -> pd.Series:
+    """``method [variant]``, with ``(encoder)`` for methods evaluated with several encoders (the baselines)."""
+    encoders = data.groupby("method")["encoder"].nunique()
+    labels = [_model(m, v) + (f" ({e})" if encoders.get(m, 0) > 1 else "")
+              for m, v, e in zip(data["method"], data["variant"].fillna(""), data["encoder"])]
+    return pd.Series(labels, index=data.index)
 
 
 def collect_compute(frame: pd.DataFrame) -> pd.DataFrame:
