@@ -65,7 +65,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -82,6 +81,8 @@ from omegaconf.errors import (
     OmegaConfBaseException,
     ValidationError,
 )
+
+from ecg_core.atomic import write_text_atomic
 
 __all__ = [
     "COMMAND_LINE",
@@ -240,28 +241,13 @@ def to_yaml(cfg: Any) -> str:
 
 
 def save_config(cfg: Any, path: str | os.PathLike[str]) -> None:
-    """Write ``to_yaml(cfg)`` to ``path`` atomically.
+    """Write ``to_yaml(cfg)`` to ``path`` atomically (:func:`ecg_core.atomic.write_text_atomic`).
 
-    The text is produced completely before anything is written, then written to a temporary file in
-    the same directory, flushed to disk and moved over ``path`` with ``os.replace``; a failure at any
-    point leaves an existing ``path`` untouched and no temporary file behind. Missing parent
-    directories are created. A new file gets mode 0644; an existing file keeps its mode.
+    The text is produced completely before anything is written, so a config that cannot be written leaves
+    an existing ``path`` untouched, as does a failure while writing; no temporary file is left behind.
+    Missing parent directories are created. A new file gets mode 0644; an existing file keeps its mode.
     """
-    text = to_yaml(cfg)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    mode = target.stat().st_mode & 0o7777 if target.exists() else 0o644
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, to_yaml(cfg))
 
 
 def config_hash(cfg: Any, *, length: int = 12) -> str:

@@ -45,7 +45,7 @@ from ecg_core.data.store import EcgStore, open_store
 from ecg_core.data.stratify import NO_LABEL, cover_and_trim, label_matrix, two_part_split
 from ecg_core.encoders import build_encoder
 from ecg_core.metrics import AurocResult
-from ecg_core.tracking import write_text_atomic
+from ecg_core.atomic import write_text_atomic
 from jobs.config import EvalConfig, PretrainConfig
 
 __all__ = [
@@ -456,7 +456,7 @@ def _json_ready(value: Any) -> Any:
 
 
 def write_result(run_dir: str | os.PathLike[str], result: dict[str, Any]) -> Path:
-    """Write ``result`` to ``<run_dir>/result.json`` atomically (:func:`ecg_core.tracking.write_text_atomic`).
+    """Write ``result`` to ``<run_dir>/result.json`` atomically (:func:`ecg_core.atomic.write_text_atomic`).
 
     Every key of :data:`RESULT_KEYS` must be present; NaN values are written as ``null``.
     """

@@ -20,7 +20,6 @@ The result keys are documented in :data:`HEADLINE_KEYS`.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import zipfile
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ecg_core import metrics as M
+from ecg_core.atomic import open_atomic
 from ecg_core.data.store import EcgStore
 
 __all__ = ["HEADLINE_KEYS", "PREDICTIONS_FILE", "Predictions", "PredictionsError", "challenge_setup",
@@ -63,16 +63,13 @@ class Predictions:
 
 def write_predictions(run_dir: str | os.PathLike[str], pred: Predictions) -> Path:
     """``<run_dir>/predictions.npz``, written to a temporary name and renamed (never half-written)."""
-    _check(pred, Path(run_dir) / PREDICTIONS_FILE)
-    buffer = io.BytesIO()
-    np.savez(buffer, version=np.array(PREDICTIONS_VERSION), classes=np.array(pred.classes, dtype=str),
-             val_ids=pred.val_ids.astype(str), y_val=pred.y_val.astype(np.float32),
-             val_scores=pred.val_scores.astype(np.float64), test_ids=pred.test_ids.astype(str),
-             y_test=pred.y_test.astype(np.float32), test_scores=pred.test_scores.astype(np.float64))
     target = Path(run_dir) / PREDICTIONS_FILE
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, target)
+    _check(pred, target)
+    with open_atomic(target) as out:
+        np.savez(out, version=np.array(PREDICTIONS_VERSION), classes=np.array(pred.classes, dtype=str),
+                 val_ids=pred.val_ids.astype(str), y_val=pred.y_val.astype(np.float32),
+                 val_scores=pred.val_scores.astype(np.float64), test_ids=pred.test_ids.astype(str),
+                 y_test=pred.y_test.astype(np.float32), test_scores=pred.test_scores.astype(np.float64))
     return target
 
 

@@ -24,8 +24,7 @@ public reader; the format is described in :func:`iter_wandb_records`), merging t
 run. Tests of every job use it. The reader relies on the record layout of wandb 0.31 (setup.cfg pins
 ``wandb<0.32``).
 
-The atomic file writers :func:`write_bytes_atomic`, :func:`write_text_atomic` and :func:`write_json_atomic`
-live here because tracking and reporting are their main users.
+Files are written with :mod:`ecg_core.atomic`'s writers.
 """
 from __future__ import annotations
 
@@ -34,7 +33,6 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import time
 import warnings
 import zlib
@@ -42,6 +40,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
+
+from ecg_core.atomic import json_default as _json_default
+from ecg_core.atomic import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:  # jobs.config imports torch through the data loader; the tracker does not need it
     import pandas
@@ -58,9 +59,6 @@ __all__ = [
     "read_metrics",
     "read_offline_run",
     "resolve_mode",
-    "write_bytes_atomic",
-    "write_json_atomic",
-    "write_text_atomic",
 ]
 
 METRICS_FILE = "metrics.jsonl"
@@ -73,62 +71,6 @@ _ACTIVE_RUNS: set[int] = set()
 
 class TrackingWarning(UserWarning):
     """W&B failed (or a tracking file was damaged); the job continues with its local files."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Atomic file writers
-# ------------------------------------------------------------------------------------------------
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` by ``data`` atomically: readers see the old file or the new one, never a part.
-
-    The bytes go to a temporary file next to ``path`` (same filesystem), are fsynced, and the temporary
-    file is renamed over ``path``. On any error the temporary file is removed and ``path`` is untouched.
-    Missing parent directories are created; an existing file keeps its permission bits, a new one gets
-    0644.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = target.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp_path = Path(tmp)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        tmp_path.chmod(mode)
-        tmp_path.replace(target)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """:func:`write_bytes_atomic` of ``text`` encoded as UTF-8."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON (keys sorted, trailing newline) with :func:`write_text_atomic`.
-
-    NumPy/torch scalars are written as plain numbers. The text is produced completely before the file is
-    touched, so an object that cannot be serialised raises ``TypeError`` and leaves ``path`` as it was.
-    """
-    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    """JSON form of scalar-like objects (numpy numbers, 0-d arrays/tensors, paths); TypeError otherwise."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "ndim", 0) == 0:
-        return item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable: {value!r:.80}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ from typing import Any, Optional
 import pandas as pd
 import yaml
 
-from ecg_core.tracking import Tracker, write_bytes_atomic, write_text_atomic
+from ecg_core.atomic import write_bytes_atomic, write_text_atomic
+from ecg_core.tracking import Tracker
 from jobs.config import AggregateConfig
 
 __all__ = ["RESULT_FILE", "COLUMNS", "MalformedResult", "collect", "load_result", "summarize", "run"]

@@ -28,7 +28,6 @@ group of its own for the duration of the call.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -59,7 +58,8 @@ from ecg_core.evaluation import (
 from ecg_core.heads import AttentionPoolHead
 from ecg_core.metrics import AurocResult, macro_auroc
 from ecg_core.schedules import lr_at
-from ecg_core.tracking import Tracker, write_bytes_atomic, write_json_atomic
+from ecg_core.atomic import open_atomic, write_json_atomic
+from ecg_core.tracking import Tracker
 from ecg_core.train_loop import train
 from jobs.config import EvalConfig
 
@@ -162,10 +162,9 @@ class Selection:
         """Record the validation score of ``step``; keep the weights if they are the best. Returns whether."""
         is_best = better(auroc, self.best_auroc)
         if is_best:
-            buffer = io.BytesIO()
-            torch.save({"step": step, "val_macro_auroc": auroc,
-                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buffer)
-            write_bytes_atomic(self.weights_path(step), buffer.getvalue())
+            with open_atomic(self.weights_path(step)) as out:
+                torch.save({"step": step, "val_macro_auroc": auroc,
+                            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, out)
             self.best_step = step
         self.evals[step] = auroc
         write_json_atomic(self.path, {

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -57,7 +55,8 @@ from ecg_core.evaluation import (
 )
 from ecg_core.metrics import macro_auroc
 from ecg_core.schedules import lr_at, set_lr
-from ecg_core.tracking import Tracker, write_bytes_atomic
+from ecg_core.atomic import open_atomic
+from ecg_core.tracking import Tracker
 from jobs.config import EvalConfig, PretrainConfig
 
 __all__ = ["CACHE_FILE", "HEAD_FILE", "LINEAR_BATCH_SIZE", "load_head", "run", "save_head"]
@@ -126,16 +125,8 @@ def _save_cache(path: Path, key: str, parts: dict[str, Embedded]) -> None:
     arrays = {"key": np.array(key)}
     for part, emb in parts.items():
         arrays[f"{part}_emb"], arrays[f"{part}_index"] = emb.emb_ND, emb.index_N
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with open_atomic(path) as out:
+        np.savez(out, **arrays)
 
 
 def embeddings(cfg: EvalConfig, run_dir: Path, data: EvalData, encoder: nn.Module, pretrain_cfg: PretrainConfig,
@@ -243,10 +234,9 @@ def run(cfg: EvalConfig, run_dir: Path) -> None:
 
 def save_head(run_dir: Path, head: nn.Linear, checkpoint: Path) -> None:
     """``<run_dir>/head.pt``: the probe (applies to raw embeddings) and the checkpoint it was trained on."""
-    buffer = io.BytesIO()
-    torch.save({"head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-                "checkpoint": checkpoint_fingerprint(checkpoint)}, buffer)
-    write_bytes_atomic(run_dir / HEAD_FILE, buffer.getvalue())
+    with open_atomic(run_dir / HEAD_FILE) as out:
+        torch.save({"head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+                    "checkpoint": checkpoint_fingerprint(checkpoint)}, out)
 
 
 def load_head(run_dir: Path, pretrain_dir: str) -> nn.Linear:

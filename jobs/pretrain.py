@@ -37,7 +37,8 @@ from ecg_core.encoders import count_parameters
 from ecg_core.methods import build_method
 from ecg_core.preemption import Preempted
 from ecg_core.schedules import lr_at
-from ecg_core.tracking import Tracker, TrackingWarning, resolve_mode, write_json_atomic
+from ecg_core.atomic import write_json_atomic
+from ecg_core.tracking import Tracker, TrackingWarning, resolve_mode
 from ecg_core.train_loop import train
 from jobs.config import JOB_ID_ENV, PretrainConfig
 

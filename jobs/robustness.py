@@ -36,7 +36,8 @@ from ecg_core.evaluation import (
     record_scores,
 )
 from ecg_core.metrics import macro_auroc
-from ecg_core.tracking import Tracker, write_json_atomic
+from ecg_core.atomic import write_json_atomic
+from ecg_core.tracking import Tracker
 from jobs.config import EvalConfig, RobustnessConfig
 
 __all__ = ["ROBUSTNESS_FILE", "load_scorer", "run"]

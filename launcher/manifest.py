@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+
+from ecg_core.atomic import write_text_atomic
 
 __all__ = ["Manifest", "ManifestError", "MANIFEST", "LOCK"]
 
@@ -113,15 +114,4 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
-        self.grid_dir.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.data, indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=self.grid_dir, prefix=f".{MANIFEST}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(self.path, json.dumps(self.data, indent=1, sort_keys=True))

@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ecg_core.atomic import write_json_atomic
 from launcher.submit import Checkpointable, export_distributed_env, job_id_in_job
 
 __all__ = ["DONE", "JobRunner", "read_done"]
@@ -96,9 +97,7 @@ class JobRunner(Checkpointable):
             if info.is_main:
                 marker = {"kind": self.kind, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                           "host": socket.gethostname(), "job_id": job_id_in_job(), "world_size": info.world_size}
-                tmp = path / f".{DONE}.tmp"
-                tmp.write_text(json.dumps(marker), encoding="utf-8")
-                os.replace(tmp, path / DONE)
+                write_json_atomic(path / DONE, marker)
             D.barrier()
         except preemption.Preempted as stop:
             log.warning("%s: %s; requeueing", path, stop)

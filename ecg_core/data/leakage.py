@@ -91,6 +91,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ecg_core.atomic import write_text_atomic
 from ecg_core.data.store import EcgStore, StoreError, open_store
 
 __all__ = [
@@ -234,13 +235,11 @@ def _read_cache(store: EcgStore) -> pd.Series | None:
 def _write_cache(store: EcgStore, fps: pd.Series) -> None:
     """Write the sidecar atomically (temporary file + rename); a read-only location just means no cache."""
     path = _cache_path(store)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")   # unique on a shared disk
     data = {"key": _cache_key(store), "record_id": list(fps.index), "fingerprint": list(fps.to_numpy())}
     try:
-        tmp.write_text(json.dumps(data, separators=(",", ":")) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, separators=(",", ":")) + "\n")
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 def _compute_fingerprints(store: EcgStore, progress: bool) -> list[str]:

@@ -1,6 +1,5 @@
 """Tracker: metrics.jsonl, summary.json and an offline W&B run read back with read_offline_run."""
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -8,7 +7,7 @@ import pytest
 
 from ecg_core import tracking
 from ecg_core.tracking import (
-    Tracker, TrackingWarning, iter_wandb_records, read_metrics, read_offline_run, write_json_atomic,
+    Tracker, TrackingWarning, iter_wandb_records, read_metrics, read_offline_run,
 )
 from jobs.config import TrackingConfig
 
@@ -201,17 +200,3 @@ def test_reader_needs_run_id_when_several_runs_share_a_directory(tmp_path):
     assert read_offline_run(run_dir, run_id="two").config == {"id": "two"}
     with pytest.raises(FileNotFoundError, match="'three'"):
         read_offline_run(run_dir, run_id="three")
-
-
-def test_write_json_atomic(tmp_path):
-    path = tmp_path / "sub" / "x.json"
-    write_json_atomic(path, {"b": np.int64(2), "a": np.float64(0.5)})
-    assert json.loads(path.read_text()) == {"a": 0.5, "b": 2}
-    os.chmod(path, 0o600)
-    with pytest.raises(TypeError, match="not JSON serialisable"):
-        write_json_atomic(path, {"a": object()})
-    assert json.loads(path.read_text()) == {"a": 0.5, "b": 2}       # untouched
-    write_json_atomic(path, [1])
-    assert (path.stat().st_mode & 0o777) == 0o600                      # mode kept
-    assert sorted(p.name for p in path.parent.iterdir()) == ["x.json"]  # no temporary left
-    assert json.loads(path.read_text()) == [1]
