@@ -261,11 +261,15 @@ class MaskTokenPredictor(nn.Module):
         with the root)."""
         return list(self.layers)
 
+    def position_table(self, n_positions: int, device: torch.device) -> torch.Tensor:
+        """``(n_positions, dim)`` fixed positional embeddings (1-D sin-cos); subclasses change the geometry."""
+        return sincos_pos_embed(n_positions, self.dim, device)
+
     def forward(self, h_BKD: torch.Tensor, src_BK: torch.Tensor, dst_BM: torch.Tensor,
                 n_positions: int) -> torch.Tensor:
         """Predictions ``(B, M, O)`` at ``dst_BM`` from tokens ``h_BKD`` at ``src_BK`` (positions in
         ``[0, n_positions)``)."""
-        pos_NE = sincos_pos_embed(n_positions, self.dim, h_BKD.device)
+        pos_NE = self.position_table(n_positions, h_BKD.device)
         src_BKE = self.embed(h_BKD) + pos_NE[src_BK]
         B, M = dst_BM.shape
         dst_BME = self.mask_token.expand(B, M, -1) + pos_NE[dst_BM]

@@ -46,19 +46,11 @@ class MaskTokenPredictor2d(MaskTokenPredictor):
     """:class:`~ecg_core.encoders.vit1d.MaskTokenPredictor` with 2-D sin-cos positions over a ``grid x grid``
     patch grid (MAE's decoder, He et al. 2022 section 3, ``decoder_pos_embed`` 2-D); positions are row-major."""
 
-    def forward(self, h_BKD: torch.Tensor, src_BK: torch.Tensor, dst_BM: torch.Tensor,
-                n_positions: int) -> torch.Tensor:
+    def position_table(self, n_positions: int, device: torch.device) -> torch.Tensor:
         grid = int(round(n_positions ** 0.5))
         if grid * grid != n_positions:
             raise ValueError(f"n_positions must be a square patch grid, got {n_positions}")
-        pos_NE = sincos_pos_embed_2d(grid, self.dim, h_BKD.device)
-        src_BKE = self.embed(h_BKD) + pos_NE[src_BK]
-        B, M = dst_BM.shape
-        dst_BME = self.mask_token.expand(B, M, -1) + pos_NE[dst_BM]
-        g_BXE = torch.cat([src_BKE, dst_BME.to(src_BKE.dtype)], dim=1)
-        for block in self.layers:
-            g_BXE = block(g_BXE)
-        return self.head(self.norm(g_BXE[:, h_BKD.shape[1]:]))
+        return sincos_pos_embed_2d(grid, self.dim, device)
 
 
 class PatchEmbed2d(nn.Module):
