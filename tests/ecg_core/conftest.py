@@ -1,7 +1,9 @@
-"""Fixtures shared by the library tests: a process with no distributed environment, a 1-rank gloo group."""
+"""Fixtures shared by the library tests: a process with no distributed environment, a 1-rank gloo group (also
+as the jobs run, with no preemption request pending)."""
 import pytest
 
 from ecg_core import distributed as D
+from ecg_core import preemption
 
 from .dist_utils import DIST_ENV
 
@@ -20,3 +22,11 @@ def no_dist_env(monkeypatch):
 def one_rank_group(no_dist_env):
     """A 1-rank gloo group in this process (HashStore, no port); yields its ``DistInfo``."""
     return D.init_distributed(prefer_cuda=False)
+
+
+@pytest.fixture
+def job_group(one_rank_group):
+    """:func:`one_rank_group` as the jobs run in-process: no stop request pending before, none left after."""
+    preemption.clear()
+    yield one_rank_group
+    preemption.clear()

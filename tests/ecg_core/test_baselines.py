@@ -16,7 +16,7 @@ import torch
 
 from ecg_core import distributed as D
 from ecg_core.checkpoint import export_full_state_dict
-from ecg_core.config import ConfigError, load_config, save_config
+from ecg_core.config import save_config
 from ecg_core.data.config import StoreSource
 from ecg_core.data.loader import WindowLoader
 from ecg_core.data.store import open_store
@@ -28,15 +28,15 @@ from ecg_core.methods.supervised import Supervised, SupervisedConfig
 from jobs.config import EvalConfig, MethodConfig, PretrainConfig
 from launcher.runner import JobRunner
 
-ROOT = Path(__file__).resolve().parents[2]
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+from .method_utils import config_error, recipe_config, train_steps
+
 TINY = ["encoder.params.base_width=4", "data.window=500", "data.batch_size=4", "data.block_len=65536"]
 TRAIN_FOLDS = [1, 2, 3, 4, 5, 6, 7, 8]
 UNLABELLED = 3   # records of the small store whose labels are removed
 
 
 def config(name: str, stores: list[StoreSource], *overrides: str) -> PretrainConfig:
-    cfg = load_config(PretrainConfig, [ROOT / "experiments" / f"{name}.yaml"], [*TINY, *overrides])
+    cfg = recipe_config(name, *TINY, *overrides)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stores=stores))
 
 
@@ -68,14 +68,9 @@ def small_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def no_group(monkeypatch):
+def no_group(no_dist_env, monkeypatch):
     """Run as a single process started outside any scheduler (the runner makes its own 1-rank group)."""
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    D.teardown()
-    yield
-    D.teardown()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -83,7 +78,7 @@ def no_group(monkeypatch):
 # ------------------------------------------------------------------------------------------------
 
 def test_supervised_recipe_spells_out_the_defaults():
-    cfg = load_config(PretrainConfig, [ROOT / "experiments/supervised.yaml"])
+    cfg = recipe_config("supervised")
     assert validate_method(cfg.method) == SupervisedConfig()
     assert cfg.method.params == dataclasses.asdict(SupervisedConfig())
     assert cfg.encoder.name == "xresnet1d50" and cfg.data.window == 2500 and cfg.steps == 6800
@@ -96,9 +91,7 @@ def test_supervised_recipe_spells_out_the_defaults():
     ({"tsak": "all"}, "method.params.tsak"),
 ])
 def test_supervised_invalid_params_name_the_key(params, key):
-    with pytest.raises(ConfigError) as info:
-        validate_method(MethodConfig(name="supervised", params=params))
-    assert info.value.key == key
+    assert config_error(validate_method, MethodConfig(name="supervised", params=params)).key == key
 
 
 def test_build_method_passes_the_data_config_only_to_methods_that_take_it(demo_store):
@@ -202,14 +195,7 @@ def test_loss_matches_the_naive_formula_and_skips_unlabelled_windows(demo_store,
 def test_supervised_training_lowers_the_loss_on_a_fixed_batch(demo_store):
     method = supervised([StoreSource(path=str(demo_store), folds=TRAIN_FOLDS)], "encoder.name=xresnet1d18")
     batch = WindowLoader(method.data_cfg).take(1)[0]
-    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-2)
-    losses = []
-    for step in range(4):
-        out = method.training_step(batch, step)
-        optimizer.zero_grad()
-        out["loss"].backward()
-        optimizer.step()
-        losses.append(out["loss"].item())
+    losses = train_steps(method, lambda _: batch, range(4), lr=1e-2)
     assert losses[-1] < losses[0]
 
 
@@ -230,7 +216,7 @@ def test_supervised_refusals(demo_store):
 # ------------------------------------------------------------------------------------------------
 
 def test_random_init_recipe():
-    cfg = load_config(PretrainConfig, [ROOT / "experiments/random_init.yaml"])
+    cfg = recipe_config("random_init")
     assert validate_method(cfg.method) == RandomInitConfig()
     assert cfg.steps == 1 and cfg.optim.lr == 0.0 and cfg.optim.weight_decay == 0.0
 

@@ -1,8 +1,8 @@
 """BYOL: the normalised-MSE loss against a naive formula, the recipe, the target network (frozen, in the
 state, EMA-only, momentum schedule over the run's steps), CPU training steps plain and FSDP2-sharded.
 
-The helpers here (tiny configs, batches, :func:`train_steps`, :func:`check_target_moves_only_by_ema`)
-are shared with test_moco.py, MoCo v3 having the same online/target frame.
+The helpers here (tiny configs, batches, :func:`check_target_moves_only_by_ema`) are shared with
+test_moco.py, MoCo v3 having the same online/target frame.
 
 Shapes: ``B`` batch, ``L`` leads, ``T`` time, ``N`` samples, ``D`` features.
 """
@@ -10,37 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from torch.distributed.tensor import DTensor
 
-from ecg_core import distributed as D
-from ecg_core.config import ConfigError, load_config
 from ecg_core.losses import normalized_mse
 from ecg_core.methods import METHODS, Method, build_method, validate_method
 from ecg_core.methods.byol import BYOL, BYOLConfig
 from jobs.config import MethodConfig, PretrainConfig
 
-from .method_utils import window_batch
+from .method_utils import (
+    assert_scalars, config_error, full, plain_and_sharded, recipe_config, train_steps, window_batch,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 B, T = 6, 128
 TINY = ["encoder.name=xresnet1d18", "encoder.params.base_width=4", f"data.window={T}", "steps=10"]
 
 
 def tiny_config(name: str, *overrides: str) -> PretrainConfig:
-    return load_config(PretrainConfig, [ROOT / "experiments" / f"{name}.yaml"], [*TINY, *overrides])
+    return recipe_config(name, *TINY, *overrides)
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
     """What WindowLoader yields (only ``x`` is used)."""
     return window_batch(B, T, seed)
-
-
-def full(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def online_target_pairs(method: Method):
@@ -50,18 +43,8 @@ def online_target_pairs(method: Method):
             yield name, p, xi
 
 
-def train_steps(method: Method, steps: int, lr: float = 1e-2) -> list[float]:
-    optimizer = torch.optim.AdamW(method.parameters(), lr=lr, weight_decay=0.1)
-    losses = []
-    for step in range(steps):
-        out = method.training_step(batch(step), step)
-        assert all(v.shape == () for v in out.values())
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        method.after_optimizer_step(step)
-        losses.append(out["loss"].item())
-    return losses
+def _train(method: Method, steps: int, lr: float = 1e-2) -> list[float]:
+    return train_steps(method, batch, range(steps), lr=lr, weight_decay=0.1, each=lambda _, out: assert_scalars(out))
 
 
 def check_target_moves_only_by_ema(method: Method, steps: int = 2) -> list[float]:
@@ -139,7 +122,7 @@ def test_normalized_mse_gradient_matches_autograd_of_the_formula():
 
 def test_registry_and_recipe():
     assert METHODS["byol"] is BYOL and BYOL.Config is BYOLConfig
-    cfg = load_config(PretrainConfig, [ROOT / "experiments" / "byol.yaml"])
+    cfg = recipe_config("byol")
     # The recipe spells out the method's defaults, so the two cannot drift apart.
     assert validate_method(cfg.method) == BYOLConfig()
     assert cfg.method.params == dataclasses.asdict(BYOLConfig())
@@ -160,9 +143,7 @@ def test_registry_and_recipe():
     ({"augmentations": [{"name": "mixup"}]}, "method.params.augmentations[0].name"),
 ])
 def test_invalid_params_name_the_key(params, key):
-    with pytest.raises(ConfigError) as info:
-        validate_method(MethodConfig(name="byol", params=params))
-    assert info.value.key == key
+    assert config_error(validate_method, MethodConfig(name="byol", params=params)).key == key
 
 
 def test_schedule_length_from_the_run_or_the_params():
@@ -205,13 +186,8 @@ def test_two_cpu_steps_finite_changing_and_target_moves_only_by_ema():
 
 def test_fsdp2_sharded_steps_match_the_plain_module(one_rank_group):
     cfg = tiny_config("byol")
-    torch.manual_seed(0)
-    plain = build_method(cfg, generator_seed=0)
-    torch.manual_seed(0)
-    sharded = build_method(cfg, generator_seed=0)
-    D.shard_model(sharded, sharded.fsdp_blocks())
-    assert all(isinstance(p, DTensor) for p in sharded.parameters())
-    assert train_steps(sharded, 2) == pytest.approx(train_steps(plain, 2), rel=1e-5)
+    plain, sharded = plain_and_sharded(lambda: build_method(cfg, generator_seed=0))
+    assert _train(sharded, 2) == pytest.approx(_train(plain, 2), rel=1e-5)
     for (name, a), b in zip(plain.state_dict().items(), sharded.state_dict().values()):
         if name.startswith("target_"):
             assert torch.allclose(a, full(b), atol=1e-6), name

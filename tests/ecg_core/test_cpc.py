@@ -9,32 +9,28 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.distributed.tensor import DTensor
 
-from ecg_core import distributed as D
-from ecg_core.config import ConfigError, load_config
+from ecg_core.config import ConfigError
 from ecg_core.encoders import ENCODERS, count_parameters, validate_encoder
 from ecg_core.encoders.cpc import CPCEncoder, cpc_encoder
 from ecg_core.losses.cpc import cpc_infonce, cpc_infonce_step, sample_cpc_negatives
 from ecg_core.methods import METHODS, build_method, validate_method
 from ecg_core.methods.cpc import CPC, CPCConfig
-from jobs.config import EncoderConfig, MethodConfig, PretrainConfig
+from jobs.config import EncoderConfig, MethodConfig
 
-from .method_utils import window_batch
+from .method_utils import (
+    assert_scalars, assert_step_depends_only_on_seed_and_step, config_error, plain_and_sharded, recipe_config,
+    train_steps, window_batch,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "experiments" / "cpc.yaml"
 B, T = 4, 300                      # 300 samples / input_pool 5 = 60 steps
 TINY = ["encoder.params.base_width=8", f"data.window={T}", "method.params.num_negatives=16"]
-
-
-def tiny_config(*overrides: str) -> PretrainConfig:
-    return load_config(PretrainConfig, [RECIPE], [*TINY, *overrides])
+tiny_config = partial(recipe_config, "cpc", *TINY)
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -119,9 +115,7 @@ def test_encoder_blocks_partition_every_parameter():
     ({"hidden": 8}, "encoder.params.hidden"),
 ])
 def test_bad_encoder_params_name_the_key(params, key):
-    with pytest.raises(ConfigError) as info:
-        validate_encoder(EncoderConfig(name="cpc_encoder", params=params))
-    assert info.value.key == key
+    assert config_error(validate_encoder, EncoderConfig(name="cpc_encoder", params=params)).key == key
 
 
 def test_encoder_rejects_a_window_without_steps():
@@ -237,7 +231,7 @@ def test_registry():
 
 
 def test_recipe_builds_the_seed_model():
-    cfg = load_config(PretrainConfig, [RECIPE])
+    cfg = recipe_config("cpc")
     assert validate_method(cfg.method, window=cfg.data.window) == CPCConfig()
     assert cfg.method.params == dataclasses.asdict(CPCConfig())   # the recipe spells out the defaults
     assert cfg.encoder.params == {"base_width": 512, "strides": [1, 1, 1, 1], "kernel_sizes": [1, 1, 1, 1],
@@ -263,9 +257,7 @@ def test_recipe_builds_the_seed_model():
     ({"negatives_from_same_sequence": "maybe"}, "method.params.negatives_from_same_sequence"),
 ])
 def test_invalid_params_name_the_key(params, key):
-    with pytest.raises(ConfigError) as info:
-        validate_method(MethodConfig(name="cpc", params=params))
-    assert info.value.key == key
+    assert config_error(validate_method, MethodConfig(name="cpc", params=params)).key == key
 
 
 def test_offsets_beyond_the_window_fail_at_validation_with_the_window():
@@ -299,19 +291,13 @@ def test_state_and_fsdp_blocks():
     assert in_blocks == {id(p) for p in method.encoder.parameters()}
 
 
+def _check_step(_, out) -> None:
+    assert_scalars(out, {"loss", "accuracy"})
+    assert 0.0 <= out["accuracy"].item() <= 1.0
+
+
 def _train(method, steps: int, lr: float = 1e-2) -> list[float]:
-    optimizer = torch.optim.AdamW(method.parameters(), lr=lr)
-    losses = []
-    for step in range(steps):
-        out = method.training_step(batch(step), step)
-        assert set(out) == {"loss", "accuracy"} and all(v.shape == () for v in out.values())
-        assert 0.0 <= out["accuracy"].item() <= 1.0
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        method.after_optimizer_step(step)
-        losses.append(out["loss"].item())
-    return losses
+    return train_steps(method, batch, range(steps), lr=lr, each=_check_step)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -342,24 +328,13 @@ def test_two_cpu_steps_give_a_finite_changing_loss(overrides):
 def test_negatives_depend_only_on_seed_and_step():
     torch.manual_seed(0)
     method = build_method(tiny_config(), generator_seed=3)
-    torch.manual_seed(1)
-    first = method.training_step(batch(), 5)["loss"]
-    torch.manual_seed(2)                     # the global RNG must not matter
-    assert torch.equal(first, method.training_step(batch(), 5)["loss"])
-    assert not torch.equal(first, method.training_step(batch(), 6)["loss"])
-    method.generator_seed = 4
-    assert not torch.equal(first, method.training_step(batch(), 5)["loss"])
+    assert_step_depends_only_on_seed_and_step(method, batch, other_generator_seed=4)
 
 
 @pytest.mark.parametrize("rnn", ["lstm", "gru"])
 def test_fsdp2_sharded_steps_match_the_plain_module(one_rank_group, rnn):
     """The pretraining job's path; the recurrent network's weights are swapped by FSDP2 around each call."""
     cfg = tiny_config(f"encoder.params.rnn={rnn}", "method.params.prediction_steps=[1,12]")
-    torch.manual_seed(0)
-    plain = build_method(cfg, generator_seed=0)
-    torch.manual_seed(0)
-    sharded = build_method(cfg, generator_seed=0)
-    D.shard_model(sharded, sharded.fsdp_blocks())
-    assert all(isinstance(p, DTensor) for p in sharded.parameters())
+    plain, sharded = plain_and_sharded(lambda: build_method(cfg, generator_seed=0))
     expected, got = _train(plain, 2), _train(sharded, 2)
     assert got == pytest.approx(expected, rel=1e-5)

@@ -19,6 +19,7 @@ from ecg_core import distributed as D
 from ecg_core.ema import ema_update, make_target, momentum_at
 
 from .dist_utils import run_ranks
+from .method_utils import full
 
 
 def net(seed: int) -> nn.Module:
@@ -42,10 +43,6 @@ def naive_ema(target: nn.Module, online: nn.Module, m: float) -> dict[str, torch
     for name, buf in online.named_buffers():
         out[name] = buf.detach().clone()
     return out
-
-
-def full(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from ecg_core import distributed as D
-from ecg_core.config import ConfigError
 from ecg_core.encoders import ENCODERS, build_encoder, count_parameters, validate_encoder
 from jobs.config import EncoderConfig
+
+from .method_utils import assert_blocks_partition, config_error
 
 
 # out_dim at base_width 8: 8 * 8 (basic), 32 * 8 (bottleneck), 2 * 4 * 8 (seed: 8-wide stages x 4, concat pool)
@@ -65,13 +66,7 @@ def test_xresnet1d50_is_in_the_resnet50_range_and_scales_with_width():
 
 @pytest.mark.parametrize("name", XRESNETS)
 def test_blocks_partition_every_parameter(name):
-    encoder = ENCODERS[name](base_width=8)
-    blocks = encoder.blocks()
-    submodules = set(encoder.modules())
-    assert blocks and all(b in submodules and b is not encoder for b in blocks)
-    ids = [id(p) for b in blocks for p in b.parameters()]
-    assert len(ids) == len(set(ids)), "a parameter belongs to two blocks"
-    assert set(ids) == {id(p) for p in encoder.parameters()}, "a parameter belongs to no block"
+    assert_blocks_partition(ENCODERS[name](base_width=8))
 
 
 def test_residual_branches_start_as_identity():
@@ -110,14 +105,8 @@ def test_count_parameters_counts_every_element():
     assert count_parameters(nn.Linear(3, 4)) == 3 * 4 + 4
 
 
-def _config_error(cfg, **kwargs) -> ConfigError:
-    with pytest.raises(ConfigError) as info:
-        validate_encoder(cfg, **kwargs)
-    return info.value
-
-
 def test_unknown_encoder_names_the_key_and_lists_known_ones():
-    err = _config_error(EncoderConfig(name="resnet50"))
+    err = config_error(validate_encoder, EncoderConfig(name="resnet50"))
     assert err.key == "encoder.name"
     assert all(name in err.reason for name in ENCODERS)
 
@@ -131,14 +120,15 @@ def test_unknown_encoder_names_the_key_and_lists_known_ones():
     ({"pool": "max"}, "encoder.params.pool"),
 ])
 def test_bad_params_name_the_key(params, key):
-    err = _config_error(EncoderConfig(name="xresnet1d50", params=params))
+    err = config_error(validate_encoder, EncoderConfig(name="xresnet1d50", params=params))
     assert err.key == key
 
 
 def test_key_prefix_is_used_in_errors():
-    err = _config_error(EncoderConfig(name="xresnet1d50", params={"depth": 3}), key_prefix="eval.encoder")
+    err = config_error(validate_encoder, EncoderConfig(name="xresnet1d50", params={"depth": 3}),
+                       key_prefix="eval.encoder")
     assert err.key == "eval.encoder.params.depth" and "base_width" in err.reason   # lists accepted params
-    assert _config_error(EncoderConfig(name="x"), key_prefix="eval.encoder").key == "eval.encoder.name"
+    assert config_error(validate_encoder, EncoderConfig(name="x"), key_prefix="eval.encoder").key == "eval.encoder.name"
 
 
 def test_valid_config_passes():

@@ -18,7 +18,7 @@ from ecg_core.encoders import ENCODERS, build_encoder, count_parameters, validat
 from ecg_core.encoders.seed_cnns import _SameConv1d
 from jobs.config import EncoderConfig
 
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+from .method_utils import assert_blocks_partition, config_error
 
 NAMES = ("resnet1d18", "resnet1d34", "pclr_cnn", "seed_cnn")
 
@@ -39,15 +39,6 @@ STANDARD = [
     ("seed_cnn", {"in_leads": 1}, 150_224, 256),
     ("seed_cnn", {}, 151_456, 256),                     # 150,224 + 11 * 16 * 7
 ]
-
-
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    D.init_distributed(prefer_cuda=False)
-    yield
-    D.teardown()
 
 
 def _tiny(name: str, **kw):
@@ -95,13 +86,7 @@ def test_resnet_concat_pool_and_kernel_size():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_blocks_partition_every_parameter(name):
-    encoder = _tiny(name)
-    blocks = encoder.blocks()
-    submodules = set(encoder.modules())
-    assert blocks and all(b in submodules and b is not encoder for b in blocks)
-    ids = [id(p) for b in blocks for p in b.parameters()]
-    assert len(ids) == len(set(ids)), "a parameter belongs to two blocks"
-    assert set(ids) == {id(p) for p in encoder.parameters()}, "a parameter belongs to no block"
+    assert_blocks_partition(_tiny(name))
 
 
 def test_pclr_time_reduction_and_same_padding_lengths():
@@ -213,6 +198,4 @@ def test_build_encoder_from_config():
     ("seed_cnn", {"in_leads": 1}, "encoder.params.in_leads"),
 ])
 def test_bad_params_name_the_key(name, params, key):
-    with pytest.raises(ConfigError) as info:
-        validate_encoder(EncoderConfig(name=name, params=params))
-    assert info.value.key == key
+    assert config_error(validate_encoder, EncoderConfig(name=name, params=params)).key == key

@@ -7,31 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
+from functools import partial
 
 import pytest
 import torch
-from torch.distributed.tensor import DTensor
 
-from ecg_core import distributed as D
-from ecg_core.config import ConfigError, load_config
+from ecg_core.config import ConfigError
 from ecg_core.methods import METHODS, build_method, validate_method
 from ecg_core.methods.jepa import JEPA, JEPAConfig, block_length, jepa_loss, sample_jepa_masks
-from jobs.config import PretrainConfig
 
-from .method_utils import window_batch
+from .method_utils import (
+    assert_step_depends_only_on_seed_and_step, plain_and_sharded, recipe_config, train_steps, window_batch,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "experiments" / "jepa.yaml"
 B, T = 4, 500
 # 50 patches of 10 samples: the seed's 4 blocks of up to 20 % fit with at least 6 context patches.
 TINY = ["encoder.params.depth=2", "encoder.params.dim=32", "encoder.params.heads=2", "encoder.params.patch_size=10",
         f"data.window={T}", "method.params.predictor_dim=16", "method.params.predictor_depth=1",
         "method.params.predictor_heads=2"]
-
-
-def tiny_config(*overrides: str) -> PretrainConfig:
-    return load_config(PretrainConfig, [RECIPE], [*TINY, *overrides])
+tiny_config = partial(recipe_config, "jepa", *TINY)
 
 
 def build(*overrides: str, total_steps: int | None = 100) -> JEPA:
@@ -47,7 +41,7 @@ def batch(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def test_recipe_builds_the_documented_method():
     assert METHODS["jepa"] is JEPA and JEPA.Config is JEPAConfig
-    cfg = load_config(PretrainConfig, [RECIPE])
+    cfg = recipe_config("jepa")
     assert validate_method(cfg.method, window=cfg.data.window) == JEPAConfig()
     assert cfg.method.params == dataclasses.asdict(JEPAConfig())
     assert cfg.encoder.name == "vit1d_tiny" and cfg.data.window // cfg.encoder.params["patch_size"] == 40
@@ -178,12 +172,7 @@ def test_momentum_goes_linearly_from_base_to_final():
 
 
 def test_training_step_depends_only_on_seed_and_step():
-    method = build()
-    torch.manual_seed(1)
-    out = method.training_step(batch(), 5)
-    torch.manual_seed(2)
-    assert torch.equal(out["loss"], method.training_step(batch(), 5)["loss"])
-    assert not torch.equal(out["loss"], method.training_step(batch(), 6)["loss"])
+    out = assert_step_depends_only_on_seed_and_step(build(), batch)
     assert torch.isfinite(out["loss"]) and out["context_patches"].item() >= 6
 
 
@@ -200,27 +189,9 @@ def test_config_errors():
         assert info.value.key == f"method.params.{key}"
 
 
-def _train(method, steps):
-    opt = torch.optim.AdamW(method.parameters(), lr=1e-3)
-    losses = []
-    for step in range(steps):
-        loss = method.training_step(batch(step), step)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        method.after_optimizer_step(step)
-        losses.append(loss.item())
-    return losses
-
-
 def test_fsdp2_sharded_steps_match_the_plain_module(one_rank_group):
     """Includes the EMA update on DTensor shards (step 1 reads the target updated after step 0)."""
-    torch.manual_seed(0)
-    plain = build()
-    torch.manual_seed(0)
-    sharded = build()
-    D.shard_model(sharded, sharded.fsdp_blocks())
-    assert all(isinstance(p, DTensor) for p in sharded.parameters())
-    assert _train(sharded, 2) == pytest.approx(_train(plain, 2), rel=1e-5)
+    plain, sharded = plain_and_sharded(build)
+    assert train_steps(sharded, batch, range(2)) == pytest.approx(train_steps(plain, batch, range(2)), rel=1e-5)
     for p, q in zip(sharded.encoder.parameters(), plain.encoder.parameters()):
         torch.testing.assert_close(p.full_tensor(), q.detach())

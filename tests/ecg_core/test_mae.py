@@ -6,29 +6,24 @@ Shapes: ``B`` batch, ``L`` leads, ``T`` time, ``N`` patches, ``K`` visible, ``M`
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+from functools import partial
 
 import pytest
 import torch
-from torch.distributed.tensor import DTensor
 
-from ecg_core import distributed as D
-from ecg_core.config import ConfigError, load_config
 from ecg_core.methods import METHODS, build_method, validate_method
 from ecg_core.methods.mae import MAE, MAEConfig, masked_patch_mse, patchify, random_masking
-from jobs.config import EncoderConfig, PretrainConfig
+from jobs.config import EncoderConfig
 
-from .method_utils import window_batch
+from .method_utils import (
+    assert_step_depends_only_on_seed_and_step, config_error, plain_and_sharded, recipe_config, train_steps,
+    window_batch,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "experiments" / "mae.yaml"
 B, T = 4, 500
 TINY = ["encoder.params.depth=2", "encoder.params.dim=32", "encoder.params.heads=2", f"data.window={T}",
         "method.params.decoder_dim=16", "method.params.decoder_depth=1", "method.params.decoder_heads=2"]
-
-
-def tiny_config(*overrides: str) -> PretrainConfig:
-    return load_config(PretrainConfig, [RECIPE], [*TINY, *overrides])
+tiny_config = partial(recipe_config, "mae", *TINY)
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -40,7 +35,7 @@ def batch(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def test_recipe_builds_the_documented_method():
     assert METHODS["mae"] is MAE and MAE.Config is MAEConfig
-    cfg = load_config(PretrainConfig, [RECIPE])
+    cfg = recipe_config("mae")
     assert validate_method(cfg.method, window=cfg.data.window) == MAEConfig()
     assert cfg.method.params == dataclasses.asdict(MAEConfig())
     assert cfg.encoder.name == "vit1d_base" and cfg.data.window % cfg.encoder.params["patch_size"] == 0
@@ -141,61 +136,29 @@ def test_patchify_matches_the_encoder_patches():
 
 def test_training_step_depends_only_on_seed_and_step():
     method = build_method(tiny_config(), generator_seed=0)
-    torch.manual_seed(1)
-    first = method.training_step(batch(), 5)["loss"]
-    torch.manual_seed(2)
-    assert torch.equal(first, method.training_step(batch(), 5)["loss"])
-    assert not torch.equal(first, method.training_step(batch(), 6)["loss"])
+    first = assert_step_depends_only_on_seed_and_step(method, batch)["loss"]
     assert torch.isfinite(first)
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError) as info:
-        build_method(tiny_config("method.params.mask_ratio=1.0"), 0)
-    assert info.value.key == "method.params.mask_ratio"
-    with pytest.raises(ConfigError) as info:   # 10 patches: 0.95 keeps none
-        build_method(tiny_config("method.params.mask_ratio=0.95"), 0)
-    assert info.value.key == "method.params.mask_ratio"
-    with pytest.raises(ConfigError) as info:
-        build_method(tiny_config("method.params.decoder_heads=3"), 0)
-    assert info.value.key == "method.params.decoder_heads"
-    with pytest.raises(ConfigError) as info:
-        build_method(dataclasses.replace(tiny_config(), encoder=EncoderConfig("xresnet1d18", {"base_width": 4})), 0)
-    assert info.value.key == "encoder.name"
-
-
-def _train(method, steps):
-    opt = torch.optim.AdamW(method.parameters(), lr=1e-3)
-    losses = []
-    for step in range(steps):
-        loss = method.training_step(batch(step), step)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    return losses
+    error = config_error(build_method, tiny_config("method.params.mask_ratio=1.0"), 0)
+    assert error.key == "method.params.mask_ratio"
+    error = config_error(build_method, tiny_config("method.params.mask_ratio=0.95"), 0)   # 10 patches: 0.95 keeps none
+    assert error.key == "method.params.mask_ratio"
+    error = config_error(build_method, tiny_config("method.params.decoder_heads=3"), 0)
+    assert error.key == "method.params.decoder_heads"
+    cfg = dataclasses.replace(tiny_config(), encoder=EncoderConfig("xresnet1d18", {"base_width": 4}))
+    assert config_error(build_method, cfg, 0).key == "encoder.name"
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     method = build_method(tiny_config(), generator_seed=0)
-    opt = torch.optim.AdamW(method.parameters(), lr=3e-3)
-    losses = []
-    for step in range(10):
-        loss = method.training_step(batch(0), step % 2)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(method, lambda _: batch(0), [step % 2 for step in range(10)], lr=3e-3)
     assert losses[-1] < 0.95 * losses[0]   # ~0.93 after 10 steps (noise signals, normalised targets)
 
 
 def test_fsdp2_sharded_steps_match_the_plain_module(one_rank_group):
     cfg = tiny_config()
-    torch.manual_seed(0)
-    plain = build_method(cfg, generator_seed=0)
-    torch.manual_seed(0)
-    sharded = build_method(cfg, generator_seed=0)
-    D.shard_model(sharded, sharded.fsdp_blocks())
-    assert all(isinstance(p, DTensor) for p in sharded.parameters())
-    assert _train(sharded, 2) == pytest.approx(_train(plain, 2), rel=1e-5)
+    plain, sharded = plain_and_sharded(lambda: build_method(cfg, generator_seed=0))
+    assert train_steps(sharded, batch, range(2)) == pytest.approx(train_steps(plain, batch, range(2)), rel=1e-5)

@@ -7,44 +7,39 @@ Shapes: ``B`` batch, ``L`` leads, ``T`` time, ``C`` channels, ``H`` image side, 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+from functools import partial
 
 import pytest
 import torch
-from torch.distributed.tensor import DTensor
 
-from ecg_core import distributed as D
-from ecg_core.config import ConfigError, load_config
+from ecg_core.config import ConfigError
 from ecg_core.encoders import ENCODERS, build_encoder
 from ecg_core.encoders.vit1d import sincos_pos_embed
 from ecg_core.encoders.vit2d import MaskTokenPredictor2d, sincos_pos_embed_2d
 from ecg_core.methods import METHODS, build_method, validate_method
 from ecg_core.methods.mae_image import MAEImage, MAEImageConfig, patchify_image
 from ecg_core.render import render_ecg_image
-from jobs.config import EncoderConfig, PretrainConfig
+from jobs.config import EncoderConfig
 
-ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "experiments" / "mae_image.yaml"
+from .method_utils import (
+    assert_step_depends_only_on_seed_and_step, config_error, plain_and_sharded, recipe_config, train_steps,
+    window_batch,
+)
+
 B, T = 4, 500
 TINY = ["encoder.params.image_size=64", "encoder.params.depth=2", "encoder.params.dim=32", "encoder.params.heads=2",
         f"data.window={T}", "method.params.decoder_dim=16", "method.params.decoder_depth=1",
         "method.params.decoder_heads=2"]
-
-
-def tiny_config(*overrides: str) -> PretrainConfig:
-    return load_config(PretrainConfig, [RECIPE], [*TINY, *overrides])
+tiny_config = partial(recipe_config, "mae_image", *TINY)
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, 12, T, generator=g) * 0.4
-    return {"x": x, "lead_mask": torch.ones(B, 12, dtype=torch.bool), "store": torch.zeros(B, dtype=torch.int64),
-            "record": torch.arange(B), "start": torch.zeros(B, dtype=torch.int64)}
+    return window_batch(B, T, seed, scale=0.4, start_dtype=torch.int64)
 
 
 def test_recipe_builds_the_documented_method():
     assert METHODS["mae_image"] is MAEImage and MAEImage.Config is MAEImageConfig
-    cfg = load_config(PretrainConfig, [RECIPE])
+    cfg = recipe_config("mae_image")
     assert validate_method(cfg.method, window=cfg.data.window) == MAEImageConfig()
     assert cfg.method.params == dataclasses.asdict(MAEImageConfig())
     assert cfg.encoder.name == "image_vit_base"
@@ -129,46 +124,26 @@ def test_mask_ratio_sets_visible_tokens(ratio, n_keep):
 
 def test_training_step_depends_only_on_seed_and_step():
     method = build_method(tiny_config(), generator_seed=0)
-    torch.manual_seed(1)
-    first = method.training_step(batch(), 5)["loss"]
-    torch.manual_seed(2)
-    assert torch.equal(first, method.training_step(batch(), 5)["loss"])
-    assert not torch.equal(first, method.training_step(batch(), 6)["loss"])
+    first = assert_step_depends_only_on_seed_and_step(method, batch)["loss"]
     assert torch.isfinite(first)
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError) as info:
-        build_method(tiny_config("method.params.mask_ratio=1.0"), 0)
-    assert info.value.key == "method.params.mask_ratio"
-    with pytest.raises(ConfigError) as info:   # 16 patches: 0.95 keeps none
-        build_method(tiny_config("method.params.mask_ratio=0.95"), 0)
-    assert info.value.key == "method.params.mask_ratio"
-    with pytest.raises(ConfigError) as info:
-        build_method(tiny_config("method.params.decoder_dim=18", "method.params.decoder_heads=2"), 0)
-    assert info.value.key == "method.params.decoder_dim"
-    with pytest.raises(ConfigError) as info:
-        build_method(dataclasses.replace(tiny_config(), encoder=EncoderConfig("vit1d_tiny", {"depth": 1})), 0)
-    assert info.value.key == "encoder.name"
-
-
-def _train(method, steps):
-    opt = torch.optim.AdamW(method.parameters(), lr=1e-3)
-    losses = []
-    for step in range(steps):
-        loss = method.training_step(batch(step), step)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    return losses
+    error = config_error(build_method, tiny_config("method.params.mask_ratio=1.0"), 0)
+    assert error.key == "method.params.mask_ratio"
+    error = config_error(build_method, tiny_config("method.params.mask_ratio=0.95"), 0)   # 16 patches: 0.95 keeps none
+    assert error.key == "method.params.mask_ratio"
+    error = config_error(build_method, tiny_config("method.params.decoder_dim=18", "method.params.decoder_heads=2"), 0)
+    assert error.key == "method.params.decoder_dim"
+    cfg = dataclasses.replace(tiny_config(), encoder=EncoderConfig("vit1d_tiny", {"depth": 1}))
+    assert config_error(build_method, cfg, 0).key == "encoder.name"
 
 
 def test_two_cpu_steps_are_finite_and_change_the_weights():
     torch.manual_seed(0)
     method = build_method(tiny_config(), generator_seed=0)
     before = {k: v.clone() for k, v in method.state_dict().items()}
-    losses = _train(method, 2)
+    losses = train_steps(method, batch, range(2))
     assert all(torch.isfinite(torch.tensor(losses))) and losses[0] != losses[1]
     after = method.state_dict()
     assert not torch.equal(before["encoder.patch_embed.proj.weight"], after["encoder.patch_embed.proj.weight"])
@@ -177,10 +152,5 @@ def test_two_cpu_steps_are_finite_and_change_the_weights():
 
 def test_fsdp2_sharded_steps_match_the_plain_module(one_rank_group):
     cfg = tiny_config()
-    torch.manual_seed(0)
-    plain = build_method(cfg, generator_seed=0)
-    torch.manual_seed(0)
-    sharded = build_method(cfg, generator_seed=0)
-    D.shard_model(sharded, sharded.fsdp_blocks())
-    assert all(isinstance(p, DTensor) for p in sharded.parameters())
-    assert _train(sharded, 2) == pytest.approx(_train(plain, 2), rel=1e-5)
+    plain, sharded = plain_and_sharded(lambda: build_method(cfg, generator_seed=0))
+    assert train_steps(sharded, batch, range(2)) == pytest.approx(train_steps(plain, batch, range(2)), rel=1e-5)

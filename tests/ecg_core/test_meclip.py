@@ -26,7 +26,6 @@ from jobs.config import MethodConfig, PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "experiments" / "meclip.yaml"
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 TINY = ["data.window=500", "data.batch_size=4", "encoder.params.base_width=4", "method.params.text_depth=1",
         "method.params.text_dim=16", "method.params.text_heads=2", "method.params.projection_hidden_dim=32",
         "method.params.projection_dim=16", "method.params.vocab_size=300"]
@@ -151,15 +150,6 @@ def test_registry_recipe_and_config():
     for key, value in (("mode", "nope"), ("temperature", 0.0), ("text_dim", 15), ("vocab_size", 10)):
         with pytest.raises(ConfigError, match=f"method.params.{key}"):
             validate_method(MethodConfig(name="meclip", params={key: value}))
-
-
-@pytest.fixture
-def one_rank_group(monkeypatch):
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    info = D.init_distributed(prefer_cuda=False)
-    yield info
-    D.teardown()
 
 
 @pytest.mark.parametrize("mode,learn", [("clip", True), ("off_diagonal", False)])

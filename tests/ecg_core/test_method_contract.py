@@ -32,10 +32,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.distributed.tensor import DTensor
 
 from ecg_core import distributed as D
-from ecg_core import preemption
 from ecg_core.checkpoint import load_encoder
 from ecg_core.config import load_config, save_config, to_yaml
 from ecg_core.data.config import StoreSource
@@ -46,7 +44,8 @@ from ecg_core.schedules import lr_at
 from ecg_core.train_loop import train
 from jobs.config import PretrainConfig
 
-from .dist_utils import DIST_ENV, run_pretrain_ranks
+from .dist_utils import run_pretrain_ranks
+from .method_utils import full_state, recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_FOLDS = [1, 2, 3, 4, 5, 6, 7, 8]
@@ -87,10 +86,6 @@ CONSTANT_LOSS: dict[str, str] = {
 # Helpers
 # ------------------------------------------------------------------------------------------------
 
-def recipe(name: str) -> Path:
-    return ROOT / "experiments" / f"{name}.yaml"
-
-
 def tiny_overrides(name: str) -> list[str]:
     """The dotted overrides that make ``name``'s recipe cheap on a CPU (see the module docstring)."""
     encoder = load_config(PretrainConfig, [recipe(name)]).encoder.name
@@ -105,12 +100,6 @@ def tiny_config(name: str, store: Path, *extra: str) -> PretrainConfig:
     cfg = load_config(PretrainConfig, [recipe(name)], [*tiny_overrides(name), *extra])
     stores = [StoreSource(path=str(store), folds=list(TRAIN_FOLDS))]
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stores=stores))
-
-
-def full_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Unsharded copies of ``module.state_dict()`` (FSDP2 parameters are DTensors)."""
-    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone()
-            for k, v in module.state_dict().items()}
 
 
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -157,19 +146,6 @@ def run(cfg: PretrainConfig, run_dir: Path, steps: int, schedule_steps: int = 4)
 def initial_encoder_state(cfg: PretrainConfig) -> dict[str, torch.Tensor]:
     D.seed_everything(cfg.seed)
     return full_state(build_method(cfg, generator_seed=cfg.seed).encoder)
-
-
-@pytest.fixture
-def group(monkeypatch):
-    """A 1-rank gloo group (on a HashStore), as the jobs run in-process."""
-    for name in DIST_ENV:
-        monkeypatch.delenv(name, raising=False)
-    preemption.clear()
-    D.teardown()
-    D.init_distributed(prefer_cuda=False)
-    yield
-    D.teardown()
-    preemption.clear()
 
 
 @contextlib.contextmanager
@@ -229,7 +205,7 @@ def straight_run(name: str, store: Path, tmp_path_factory) -> StraightRun:
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_builds_from_its_recipe(name, demo_store, group):
+def test_builds_from_its_recipe(name, demo_store, job_group):
     path = recipe(name)
     assert path.is_file(), f"method {name!r} is in METHODS but has no recipe {path.relative_to(ROOT)}"
     cfg = load_config(PretrainConfig, [path])
@@ -255,7 +231,7 @@ def test_builds_from_its_recipe(name, demo_store, group):
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_two_cpu_steps_give_a_finite_changing_loss(name, demo_store, group, tmp_path_factory):
+def test_two_cpu_steps_give_a_finite_changing_loss(name, demo_store, job_group, tmp_path_factory):
     losses = straight_run(name, demo_store, tmp_path_factory).losses
     assert sorted(losses) == [1, 2, 3, 4]
     assert all(math.isfinite(v) for v in losses.values()), losses
@@ -266,7 +242,7 @@ def test_two_cpu_steps_give_a_finite_changing_loss(name, demo_store, group, tmp_
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_encoder_export_round_trips_through_load_encoder(name, demo_store, group, tmp_path_factory):
+def test_encoder_export_round_trips_through_load_encoder(name, demo_store, job_group, tmp_path_factory):
     trained = straight_run(name, demo_store, tmp_path_factory)
     initial = initial_encoder_state(trained.cfg)
     if name in CONSTANT_LOSS:
@@ -284,7 +260,7 @@ def test_encoder_export_round_trips_through_load_encoder(name, demo_store, group
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_four_steps_equal_two_plus_resume_plus_two(name, demo_store, group, deterministic, tmp_path,
+def test_four_steps_equal_two_plus_resume_plus_two(name, demo_store, job_group, deterministic, tmp_path,
                                                    tmp_path_factory):
     straight = straight_run(name, demo_store, tmp_path_factory)
     run(straight.cfg, tmp_path, steps=2)

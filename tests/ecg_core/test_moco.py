@@ -15,15 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from ecg_core.config import ConfigError, load_config
 from ecg_core.losses import info_nce
 from ecg_core.methods import METHODS, build_method, validate_method
 from ecg_core.methods.moco import MoCoV3, MoCoV3Config, moco_mlp
-from jobs.config import MethodConfig, PretrainConfig
+from jobs.config import MethodConfig
 
 from .dist_utils import run_ranks
+from .method_utils import config_error, recipe_config
 
-ROOT = Path(__file__).resolve().parents[2]
 N_PER_RANK, TEMPERATURE = 3, 0.2
 
 
@@ -124,7 +123,7 @@ def _on_rank(info, args) -> None:
 
 def test_registry_recipe_and_heads():
     assert METHODS["moco"] is MoCoV3 and MoCoV3.Config is MoCoV3Config
-    cfg = load_config(PretrainConfig, [ROOT / "experiments" / "moco.yaml"])
+    cfg = recipe_config("moco")
     assert validate_method(cfg.method) == MoCoV3Config()
     assert cfg.method.params == dataclasses.asdict(MoCoV3Config())
     method = build_method(cfg, generator_seed=0)
@@ -147,9 +146,7 @@ def test_registry_recipe_and_heads():
     ({"queue_size": 65536}, "method.params.queue_size"),          # v3 has no queue
 ])
 def test_invalid_params_name_the_key(params, key):
-    with pytest.raises(ConfigError) as info:
-        validate_method(MethodConfig(name="moco", params=params))
-    assert info.value.key == key
+    assert config_error(validate_method, MethodConfig(name="moco", params=params)).key == key
 
 
 def test_loss_is_two_tau_times_the_symmetric_info_nce():

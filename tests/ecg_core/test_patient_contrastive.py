@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecg_core.config import ConfigError, load_config
+from ecg_core.config import ConfigError
 from ecg_core.data.config import StoreSource
 from ecg_core.data.loader import WindowLoader
 from ecg_core.losses.supcon import clocs_loss, supcon_loss
@@ -23,9 +23,9 @@ from ecg_core.methods.patient_contrastive import MODE_PAIRING, PatientContrastiv
 from jobs.config import MethodConfig, PretrainConfig
 
 from .dist_utils import run_ranks
-
-ROOT = Path(__file__).resolve().parents[1].parent
-RECIPE = ROOT / "experiments" / "patient_contrastive.yaml"
+from .method_utils import (
+    assert_scalars, assert_step_depends_only_on_seed_and_step, config_error, recipe_config, train_steps,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,13 +209,13 @@ def tiny_config(store: Path, *overrides: str) -> PretrainConfig:
     """The recipe on the small demo store, CPU-cheap: the smallest xresnet (the method is encoder-agnostic)."""
     tiny = ["encoder.name=xresnet1d18", "encoder.params.base_width=4", "data.window=500", "data.batch_size=8",
             "data.block_len=8192"]
-    cfg = load_config(PretrainConfig, [RECIPE], [*tiny, *overrides])
+    cfg = recipe_config("patient_contrastive", *tiny, *overrides)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stores=[StoreSource(path=str(store))]))
 
 
 def test_registry_and_recipe():
     assert METHODS["patient_contrastive"] is PatientContrastive
-    cfg = load_config(PretrainConfig, [RECIPE])
+    cfg = recipe_config("patient_contrastive")
     # The recipe spells out the defaults (PCLR's values), so the two cannot drift apart.
     assert validate_method(cfg.method, window=cfg.data.window) == PatientContrastiveConfig()
     assert cfg.method.params == dataclasses.asdict(PatientContrastiveConfig())
@@ -232,9 +232,7 @@ def test_registry_and_recipe():
     ({"pairing": "patient"}, "method.params.pairing"),
 ])
 def test_invalid_params_name_the_key(params, key):
-    with pytest.raises(ConfigError) as info:
-        validate_method(MethodConfig(name="patient_contrastive", params=params))
-    assert info.value.key == key
+    assert config_error(validate_method, MethodConfig(name="patient_contrastive", params=params)).key == key
 
 
 def test_the_data_pairing_must_match_the_mode(store):
@@ -273,15 +271,8 @@ def test_two_cpu_steps_give_a_finite_changing_loss(store, mode, pairing):
         assert torch.equal(b["patient"][0::2], b["patient"][1::2])
     if pairing == "patient":
         assert any(not torch.equal(b["record"][0::2], b["record"][1::2]) for b in batches)
-    losses = []
-    for step, b in enumerate(batches):
-        out = method.training_step(b, step)
-        assert set(out) == {"loss", "positive_similarity"} and all(v.shape == () for v in out.values())
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        method.after_optimizer_step(step)
-        losses.append(out["loss"].item())
+    losses = train_steps(method, lambda step: batches[step], range(len(batches)), optimizer=optimizer,
+                         each=lambda _, out: assert_scalars(out, {"loss", "positive_similarity"}))
     assert all(math.isfinite(v) for v in losses) and losses[0] != losses[1], losses
     assert 0 < losses[0] < math.log(8) + 1.0   # near the uniform guess over the batch for a random net
     after = method.state_dict()
@@ -294,8 +285,4 @@ def test_augmentations_depend_only_on_seed_and_step(store):
     torch.manual_seed(0)
     method = build_method(cfg, generator_seed=3)
     b = WindowLoader(cfg.data).take(1)[0]
-    torch.manual_seed(1)
-    first = method.training_step(b, 5)["loss"]
-    torch.manual_seed(2)   # the global RNG state must not matter
-    assert torch.equal(first, method.training_step(b, 5)["loss"])
-    assert not torch.equal(first, method.training_step(b, 6)["loss"])
+    assert_step_depends_only_on_seed_and_step(method, lambda: b)

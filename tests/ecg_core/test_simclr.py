@@ -6,29 +6,24 @@ Shapes: ``B`` batch, ``L`` leads, ``T`` time.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+from functools import partial
 
 import pytest
 import torch
-from torch.distributed.tensor import DTensor
 
-from ecg_core import distributed as D
-from ecg_core.config import ConfigError, load_config
 from ecg_core.encoders import count_parameters
 from ecg_core.methods import METHODS, Method, build_method, step_seed, validate_method
 from ecg_core.methods.simclr import SimCLR, SimCLRConfig
-from jobs.config import MethodConfig, PretrainConfig
+from jobs.config import MethodConfig
 
-from .method_utils import window_batch
+from .method_utils import (
+    assert_scalars, assert_step_depends_only_on_seed_and_step, config_error, plain_and_sharded, recipe_config,
+    train_steps, window_batch,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "experiments" / "simclr.yaml"
 B, T = 6, 128
 TINY = ["encoder.params.base_width=8", f"data.window={T}"]
-
-
-def tiny_config(*overrides: str) -> PretrainConfig:
-    return load_config(PretrainConfig, [RECIPE], [*TINY, *overrides])
+tiny_config = partial(recipe_config, "simclr", *TINY)
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -41,7 +36,7 @@ def test_registry():
 
 
 def test_recipe_builds_the_documented_method():
-    cfg = load_config(PretrainConfig, [RECIPE])
+    cfg = recipe_config("simclr")
     # The recipe spells out the method's defaults (the seed's values), so the two cannot drift apart.
     assert validate_method(cfg.method) == SimCLRConfig()
     assert cfg.method.params == dataclasses.asdict(SimCLRConfig())
@@ -63,21 +58,17 @@ def test_recipe_builds_the_documented_method():
     ({"augmentations": [{"name": "time_out", "ratio": 0.2}]}, "method.params.augmentations[0].ratio"),
 ])
 def test_invalid_params_name_the_key(params, key):
-    with pytest.raises(ConfigError) as info:
-        validate_method(MethodConfig(name="simclr", params=params))
-    assert info.value.key == key
+    assert config_error(validate_method, MethodConfig(name="simclr", params=params)).key == key
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ConfigError) as info:
-        validate_method(MethodConfig(name="simsiam"))
-    assert info.value.key == "method.name" and "simclr" in info.value.reason
+    error = config_error(validate_method, MethodConfig(name="simsiam"))
+    assert error.key == "method.name" and "simclr" in error.reason
 
 
 def test_augmentations_must_fit_the_window():
-    with pytest.raises(ConfigError) as info:
-        build_method(tiny_config("data.window=48", "method.params.augmentations=[{name: dynamic_time_warp}]"), 0)
-    assert info.value.key == "method.params.augmentations[0]"
+    cfg = tiny_config("data.window=48", "method.params.augmentations=[{name: dynamic_time_warp}]")
+    assert config_error(build_method, cfg, 0).key == "method.params.augmentations[0]"
 
 
 def test_state_and_fsdp_blocks():
@@ -98,17 +89,8 @@ def test_step_seed_mixes_seed_rank_and_step():
 
 
 def _train(method: Method, steps: int, lr: float = 1e-2) -> list[float]:
-    optimizer = torch.optim.AdamW(method.parameters(), lr=lr)
-    losses = []
-    for step in range(steps):
-        out = method.training_step(batch(step), step)
-        assert set(out) == {"loss", "positive_similarity"} and all(v.shape == () for v in out.values())
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        method.after_optimizer_step(step)
-        losses.append(out["loss"].item())
-    return losses
+    return train_steps(method, batch, range(steps), lr=lr,
+                       each=lambda _, out: assert_scalars(out, {"loss", "positive_similarity"}))
 
 
 def test_two_cpu_steps_give_a_finite_changing_loss():
@@ -127,24 +109,13 @@ def test_two_cpu_steps_give_a_finite_changing_loss():
 def test_augmentations_depend_only_on_seed_and_step():
     torch.manual_seed(0)
     method = build_method(tiny_config(), generator_seed=3)
-    torch.manual_seed(1)
-    first = method.training_step(batch(), 5)["loss"]
-    torch.manual_seed(2)                     # global RNG state must not matter
-    again = method.training_step(batch(), 5)["loss"]
-    assert torch.equal(first, again)         # same step: same views (BatchNorm uses batch statistics)
-    assert not torch.equal(first, method.training_step(batch(), 6)["loss"])
-    method.generator_seed = 4
-    assert not torch.equal(first, method.training_step(batch(), 5)["loss"])
+    # step 5 twice: the same views, hence the same loss (BatchNorm uses batch statistics)
+    assert_step_depends_only_on_seed_and_step(method, batch, other_generator_seed=4)
 
 
 def test_fsdp2_sharded_steps_match_the_plain_module(one_rank_group):
     """The pretraining job's path: shard fsdp_blocks() then the method, step through training_step."""
     cfg = tiny_config("encoder.name=xresnet1d18")   # fewer layers: 4 steps on 2 cores stay quick
-    torch.manual_seed(0)
-    plain = build_method(cfg, generator_seed=0)
-    torch.manual_seed(0)
-    sharded = build_method(cfg, generator_seed=0)
-    D.shard_model(sharded, sharded.fsdp_blocks())
-    assert all(isinstance(p, DTensor) for p in sharded.parameters())
+    plain, sharded = plain_and_sharded(lambda: build_method(cfg, generator_seed=0))
     expected, got = _train(plain, 2), _train(sharded, 2)
     assert got == pytest.approx(expected, rel=1e-5)

@@ -11,31 +11,29 @@ Shapes: ``B`` batch, ``K`` prototypes, ``V`` views, ``A`` assigned views, ``P`` 
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-from torch.distributed.tensor import DTensor
 
 from ecg_core import distributed as D
 from ecg_core.checkpoint import Checkpointer
-from ecg_core.config import ConfigError, load_config
 from ecg_core.losses.swav import sinkhorn, swapped_prediction_loss
 from ecg_core.methods import METHODS, Method, build_method, validate_method
 from ecg_core.methods.swav import SwAV, SwAVConfig
-from jobs.config import MethodConfig, PretrainConfig
+from jobs.config import MethodConfig
 
 from .dist_utils import run_ranks
-from .method_utils import window_batch
+from .method_utils import assert_scalars, config_error, full, full_state, recipe_config, train_steps, window_batch
 
-ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "experiments" / "swav.yaml"
 B, T = 4, 128
 # A small, quick SwAV: 18-layer encoder 4 wide, 16 prototypes in 8 dimensions.
 TINY = ["encoder.name=xresnet1d18", "encoder.params.base_width=4", f"data.window={T}", f"data.batch_size={B}",
         "method.params.num_prototypes=16", "method.params.projection_hidden_dim=32",
         "method.params.projection_dim=8", "method.params.freeze_prototypes_steps=0", "method.params.queue_length=0",
         "method.params.queue_start_step=0"]
+tiny_config = partial(recipe_config, "swav", *TINY)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,16 +167,8 @@ def test_swapped_loss_known_values_and_arguments():
 # The method
 # ------------------------------------------------------------------------------------------------
 
-def tiny_config(*overrides: str) -> PretrainConfig:
-    return load_config(PretrainConfig, [RECIPE], [*TINY, *overrides])
-
-
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
     return window_batch(B, T, seed)
-
-
-def full(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def prototypes_of(method: SwAV) -> torch.Tensor:
@@ -186,32 +176,25 @@ def prototypes_of(method: SwAV) -> torch.Tensor:
 
 
 def _train(method: Method, steps: int, start: int = 0, optimizer=None, hook=None) -> list[float]:
-    optimizer = optimizer or torch.optim.AdamW(method.parameters(), lr=1e-2, weight_decay=0.05)
-    losses = []
-    for step in range(start, start + steps):
-        out = method.training_step(batch(step), step)
-        assert set(out) == {"loss", "prototypes_used", "queue_in_use"} and all(v.shape == () for v in out.values())
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        method.after_optimizer_step(step)
-        losses.append(out["loss"].item())
+    def each(step: int, out: dict[str, torch.Tensor]) -> None:
+        assert_scalars(out, {"loss", "prototypes_used", "queue_in_use"})
         if hook is not None:
             hook(step)
-    return losses
+
+    return train_steps(method, batch, range(start, start + steps), lr=1e-2, weight_decay=0.05, optimizer=optimizer,
+                       each=each)
 
 
 def test_registry_and_recipe():
     assert METHODS["swav"] is SwAV and issubclass(SwAV, Method) and SwAV.Config is SwAVConfig
-    cfg = load_config(PretrainConfig, [RECIPE])
+    cfg = recipe_config("swav")
     config = validate_method(cfg.method)
     assert (config.num_prototypes, config.temperature, config.epsilon) == (3000, 0.1, 0.05)
     assert config.sinkhorn_iterations == 3
     assert (config.freeze_prototypes_steps, config.queue_length, config.queue_start_step) == (27, 16384, 399)
     assert (config.projection_hidden_dim, config.projection_dim, config.num_views) == (2048, 128, 2)
     # The contract test's tiny overrides build the recipe (queue buffer included).
-    small = load_config(PretrainConfig, [RECIPE], ["encoder.params.base_width=4", "data.window=500",
-                                                   "data.batch_size=4"])
+    small = recipe_config("swav", "encoder.params.base_width=4", "data.window=500", "data.batch_size=4")
     method = build_method(small, generator_seed=0)
     assert method.queue_AQP.shape == (2, 16384, 128)
     assert all(k.startswith(("encoder.", "projector.", "prototypes.", "queue_AQP")) for k in method.state_dict())
@@ -225,9 +208,7 @@ def test_registry_and_recipe():
     ({"freeze_prototypes_epochs": 1}, "method.params.freeze_prototypes_epochs"),
 ])
 def test_invalid_params_name_the_key(params, key):
-    with pytest.raises(ConfigError) as info:
-        validate_method(MethodConfig(name="swav", params=params))
-    assert info.value.key == key
+    assert config_error(validate_method, MethodConfig(name="swav", params=params)).key == key
 
 
 def test_two_cpu_steps_finite_and_changing_with_unit_norm_prototypes():
@@ -274,16 +255,12 @@ def test_queue_fills_with_past_projections_and_is_used_once_full():
         original_push(z_ABP)
     method._push_to_queue = push
     in_use = []
-    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-2)
-    for step in range(5):
-        out = method.training_step(batch(step), step)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        method.after_optimizer_step(step)
+
+    def each(step: int, out: dict[str, torch.Tensor]) -> None:
         in_use.append(out["queue_in_use"].item())
         if step == 0:   # before queue_start_step: nothing pushed
             assert not pushed and torch.equal(method.queue_AQP, torch.zeros(2, 8, 8))
+    train_steps(method, batch, range(5), lr=1e-2, each=each)
     # Filled from step 1, B = 4 rows a step: full (8 rows) after steps 1 and 2, so used from step 3 on.
     assert in_use == [0.0, 0.0, 0.0, 1.0, 1.0]
     assert len(pushed) == 4
@@ -320,9 +297,6 @@ def test_resume_across_the_freeze_with_a_queue_is_exact(one_rank_group, tmp_path
         method = build_method(cfg, generator_seed=0)
         D.shard_model(method, method.fsdp_blocks())
         return method, torch.optim.AdamW(method.parameters(), lr=1e-2, weight_decay=0.05)
-
-    def full_state(method):
-        return {k: full(v).clone() for k, v in method.state_dict().items()}
 
     straight, opt = build()
     straight_losses = _train(straight, 4, optimizer=opt)
@@ -393,15 +367,8 @@ def _on_rank(info, args) -> None:
         pushed.append(z_ABP.clone())
         original_push(z_ABP)
     method._push_to_queue = push
-    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-2)
-    losses, in_use = [], []
-    for step in range(4):
-        out = method.training_step(batch(10 * step + info.rank), step)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        method.after_optimizer_step(step)
-        losses.append(out["loss"].item())
-        in_use.append(out["queue_in_use"].item())
+    in_use = []
+    losses = train_steps(method, lambda step: batch(10 * step + info.rank), range(4), lr=1e-2,
+                         each=lambda _, out: in_use.append(out["queue_in_use"].item()))
     torch.save({"codes": codes, "queue": method.queue_AQP.clone(), "pushed": pushed, "losses": losses,
                 "in_use": in_use}, out_dir / f"rank{info.rank}.pt")

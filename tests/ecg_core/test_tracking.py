@@ -11,14 +11,13 @@ from ecg_core.tracking import (
 )
 from jobs.config import TrackingConfig
 
+from .method_utils import offline_wandb_env
+
 
 @pytest.fixture(autouse=True)
 def wandb_env(tmp_path, monkeypatch):
     """Offline W&B with every wandb directory under tmp_path."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    for var, sub in [("WANDB_DIR", "wandb_default"), ("WANDB_CACHE_DIR", "wandb_cache"),
-                     ("WANDB_CONFIG_DIR", "wandb_config"), ("WANDB_DATA_DIR", "wandb_data")]:
-        monkeypatch.setenv(var, str(tmp_path / sub))
+    offline_wandb_env(tmp_path, monkeypatch)
 
 
 def tracking_cfg(run_id="run0001", **kw):

@@ -20,6 +20,8 @@ from ecg_core.data.loader import DataConfig, StoreSource, WindowLoader
 from ecg_core.schedules import lr_at
 from ecg_core.train_loop import train
 
+from .method_utils import full_state
+
 
 class Net(nn.Module):
     def __init__(self) -> None:
@@ -29,16 +31,6 @@ class Net(nn.Module):
 
     def forward(self, x_BLW: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.conv(x_BLW)).mean(-1))
-
-
-@pytest.fixture
-def group():
-    preemption.clear()
-    D.teardown()
-    D.init_distributed(prefer_cuda=False)
-    yield
-    D.teardown()
-    preemption.clear()
 
 
 def make(store):
@@ -60,11 +52,6 @@ def step_fn(model, batch, step, nan_at=None, stop_at=None):
     return {"loss": loss, "aux": loss.detach() * 2}
 
 
-def weights(model):
-    return {k: v.full_tensor().clone() if hasattr(v, "full_tensor") else v.clone()
-            for k, v in model.state_dict().items()}
-
-
 def run(store, run_dir, total=4, **kw):
     model, opt, loader = make(store)
     lr_fn = partial(lr_at, base_lr=1e-2, warmup_steps=1, total_steps=4)
@@ -73,20 +60,20 @@ def run(store, run_dir, total=4, **kw):
     return model, result
 
 
-def test_four_steps_equal_two_plus_resume_plus_two(demo_store, tmp_path, group):
+def test_four_steps_equal_two_plus_resume_plus_two(demo_store, tmp_path, job_group):
     straight, result = run(demo_store, tmp_path / "a")
     assert result.step == 4 and result.resumed_from is None and result.samples_seen == 32
     run(demo_store, tmp_path / "b", total=2)
     resumed, result = run(demo_store, tmp_path / "b")
     assert result.resumed_from == 2 and result.step == 4 and result.samples_seen == 16
-    a, b = weights(straight), weights(resumed)
+    a, b = full_state(straight), full_state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     # and training did something
     fresh, _, _ = make(demo_store)
-    assert not torch.equal(weights(fresh)["head.weight"], a["head.weight"])
+    assert not torch.equal(full_state(fresh)["head.weight"], a["head.weight"])
 
 
-def test_stop_request_saves_at_the_next_step_and_resume_is_exact(demo_store, tmp_path, group):
+def test_stop_request_saves_at_the_next_step_and_resume_is_exact(demo_store, tmp_path, job_group):
     straight, _ = run(demo_store, tmp_path / "a")
     with pytest.raises(preemption.Preempted) as info:
         run(demo_store, tmp_path / "b", stop_at=0)   # flag set during step 0: stop before step 1
@@ -95,21 +82,21 @@ def test_stop_request_saves_at_the_next_step_and_resume_is_exact(demo_store, tmp
     preemption.clear()
     resumed, result = run(demo_store, tmp_path / "b")
     assert result.resumed_from == 1
-    a, b = weights(straight), weights(resumed)
+    a, b = full_state(straight), full_state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_non_finite_loss_stops_without_saving_that_state(demo_store, tmp_path, group):
+def test_non_finite_loss_stops_without_saving_that_state(demo_store, tmp_path, job_group):
     with pytest.raises(NonFiniteLossError, match="step 2"):
         run(demo_store, tmp_path, total=4, nan_at=2)
     latest = Checkpointer(tmp_path).latest()
     assert latest.name == "step_0000002"
     model, _, _ = make(demo_store)
     Checkpointer(tmp_path).load(model)
-    assert all(torch.isfinite(v).all() for v in weights(model).values())
+    assert all(torch.isfinite(v).all() for v in full_state(model).values())
 
 
-def test_damaged_newest_checkpoint_falls_back_with_a_warning(demo_store, tmp_path, group):
+def test_damaged_newest_checkpoint_falls_back_with_a_warning(demo_store, tmp_path, job_group):
     run(demo_store, tmp_path, total=4)
     ckpts = sorted((tmp_path / "checkpoints").glob("step_*"))
     assert [p.name for p in ckpts] == ["step_0000002", "step_0000004"]
@@ -121,7 +108,7 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(demo_store, tmp_pat
     assert any(issubclass(w.category, CheckpointFallbackWarning) for w in caught)
 
 
-def test_metrics_are_logged_with_throughput(demo_store, tmp_path, group):
+def test_metrics_are_logged_with_throughput(demo_store, tmp_path, job_group):
     logged = []
 
     class Sink:

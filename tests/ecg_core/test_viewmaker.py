@@ -6,40 +6,37 @@ Shapes: ``B`` batch, ``L`` leads, ``T`` time, ``N`` viewmaker rows, ``C`` channe
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ecg_core.config import ConfigError, load_config
+from ecg_core.config import ConfigError
 from ecg_core.layers import grad_reverse
 from ecg_core.losses import nt_xent
 from ecg_core.methods import METHODS, Method, build_method, validate_method
 from ecg_core.methods.viewmaker import Viewmaker, Viewmaker1d, ViewmakerConfig, l1_budget, reflect_pad
-from jobs.config import MethodConfig, PretrainConfig
+from jobs.config import MethodConfig
 
-ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "experiments" / "viewmaker.yaml"
+from .method_utils import (
+    assert_scalars, assert_step_depends_only_on_seed_and_step, config_error, recipe_config, train_steps, window_batch,
+)
+
 B, L, T = 4, 12, 128
 # Viewmaker width 4: the seed's 32 costs ~3 s per CPU step at this size (its residual convolutions).
 TINY = ["encoder.name=xresnet1d18", "encoder.params.base_width=4", f"data.window={T}",
         "method.params.viewmaker_width=4"]
-
-
-def tiny_config(*overrides: str) -> PretrainConfig:
-    return load_config(PretrainConfig, [RECIPE], [*TINY, *overrides])
+tiny_config = partial(recipe_config, "viewmaker", *TINY)
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {"x": 0.3 * torch.randn(B, L, T, generator=g), "lead_mask": torch.ones(B, L, dtype=torch.bool),
-            "store": torch.zeros(B, dtype=torch.int64), "record": torch.arange(B), "start": torch.zeros(B)}
+    return window_batch(B, T, seed, L=L, scale=0.3)
 
 
 def test_registry_and_recipe():
     assert METHODS["viewmaker"] is Viewmaker and issubclass(Viewmaker, Method)
-    cfg = load_config(PretrainConfig, [RECIPE])
+    cfg = recipe_config("viewmaker")
     assert validate_method(cfg.method) == ViewmakerConfig()
     assert cfg.method.params == dataclasses.asdict(ViewmakerConfig())
     assert cfg.data.window == 2500 and cfg.optim.schedule == "constant" and cfg.optim.weight_decay == 0.0
@@ -62,9 +59,7 @@ def test_seed_viewmaker_size():
     ({"augmentations": [{"name": "time_mask", "ratio": 2.0}]}, "method.params.augmentations[0].ratio"),
 ])
 def test_invalid_params_name_the_key(params, key):
-    with pytest.raises(ConfigError) as info:
-        validate_method(MethodConfig(name="viewmaker", params=params))
-    assert info.value.key == key
+    assert config_error(validate_method, MethodConfig(name="viewmaker", params=params)).key == key
 
 
 def test_window_too_short():
@@ -198,14 +193,8 @@ def test_two_cpu_steps_give_a_finite_changing_loss_and_train_every_part():
     method = build_method(tiny_config(), generator_seed=0)
     before = {k: v.clone() for k, v in method.state_dict().items()}
     optimizer = torch.optim.AdamW(method.parameters(), lr=1e-3)   # one optimizer, as the seed
-    losses = []
-    for step in range(2):
-        out = method.training_step(batch(step), step)
-        assert set(out) == {"loss", "positive_similarity"} and all(v.shape == () for v in out.values())
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        losses.append(out["loss"].item())
+    losses = train_steps(method, batch, range(2), optimizer=optimizer,
+                         each=lambda _, out: assert_scalars(out, {"loss", "positive_similarity"}))
     assert all(torch.isfinite(torch.tensor(losses))) and losses[0] != losses[1]
     assert 0 < losses[0] < torch.log(torch.tensor(2.0 * B - 1)).item() + 0.5
     after = method.state_dict()
@@ -217,8 +206,4 @@ def test_two_cpu_steps_give_a_finite_changing_loss_and_train_every_part():
 def test_views_depend_only_on_seed_and_step():
     torch.manual_seed(0)
     method = build_method(tiny_config(), generator_seed=3)
-    torch.manual_seed(1)
-    first = method.training_step(batch(), 5)["loss"]
-    torch.manual_seed(2)
-    assert torch.equal(first, method.training_step(batch(), 5)["loss"])
-    assert not torch.equal(first, method.training_step(batch(), 6)["loss"])
+    assert_step_depends_only_on_seed_and_step(method, batch)

@@ -13,6 +13,8 @@ from ecg_core.tracking import read_offline_run
 from jobs import aggregate
 from jobs.config import AggregateConfig, TrackingConfig
 
+from ..ecg_core.method_utils import offline_wandb_env
+
 METHODS = ("byol", "simclr")
 PROTOCOLS = ("finetune", "linear")
 FRACTIONS = (0.1, 1.0)
@@ -26,10 +28,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(autouse=True)
 def wandb_env(tmp_path, monkeypatch):
     """Offline W&B with every wandb directory under tmp_path."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    for var, sub in [("WANDB_DIR", "wandb_default"), ("WANDB_CACHE_DIR", "wandb_cache"),
-                     ("WANDB_CONFIG_DIR", "wandb_config"), ("WANDB_DATA_DIR", "wandb_data")]:
-        monkeypatch.setenv(var, str(tmp_path / sub))
+    offline_wandb_env(tmp_path, monkeypatch)
 
 
 def auroc(method, protocol, fraction, seed):
