@@ -37,6 +37,7 @@ import yaml
 from torch import nn
 
 from ecg_core import distributed as D
+from ecg_core.atomic import write_text_atomic
 from ecg_core.checkpoint import COMPLETE, CheckpointError, load_encoder, resolve_checkpoint
 from ecg_core.config import from_yaml, to_yaml
 from ecg_core.data.leakage import check_patient_separation
@@ -45,7 +46,6 @@ from ecg_core.data.store import EcgStore, open_store
 from ecg_core.data.stratify import NO_LABEL, cover_and_trim, label_matrix, two_part_split
 from ecg_core.encoders import build_encoder
 from ecg_core.metrics import AurocResult
-from ecg_core.atomic import write_text_atomic
 from jobs.config import EvalConfig, PretrainConfig
 
 __all__ = [

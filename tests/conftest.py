@@ -25,6 +25,15 @@ def demo_store(tmp_path_factory) -> Path:
     return store
 
 
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """W&B in offline mode (no network here) with every wandb directory under ``tmp_path``."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var, sub in [("WANDB_DIR", "wandb_default"), ("WANDB_CACHE_DIR", "wandb_cache"),
+                     ("WANDB_CONFIG_DIR", "wandb_config"), ("WANDB_DATA_DIR", "wandb_data")]:
+        monkeypatch.setenv(var, str(tmp_path / sub))
+
+
 def pytest_sessionfinish(session, exitstatus):
     """In CI (CI_FAIL_ON_SKIP=1) a skipped test fails the run: required parts must really run."""
     import os

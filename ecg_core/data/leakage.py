@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"leakage: error: {err}", file=sys.stderr)
         return 1
     if args.exclude_out:
-        args.exclude_out.write_text(json.dumps(exclude, indent=1) + "\n")
+        write_text_atomic(args.exclude_out, json.dumps(exclude, indent=1) + "\n")
     return 0
 
 

@@ -1,5 +1,6 @@
 """Helpers of the method tests: recipes, the batch a method's ``training_step`` receives without a data store,
-CPU training steps (plain and FSDP2-sharded), config errors, and a few checks that several test files share.
+CPU training steps (plain and FSDP2-sharded), config errors, and a few checks that several method and encoder
+test files share.
 
 Shapes: ``B`` batch, ``L`` leads, ``T`` time.
 """
@@ -126,11 +127,3 @@ def assert_blocks_partition(encoder: nn.Module) -> None:
     ids = [id(p) for b in blocks for p in b.parameters()]
     assert len(ids) == len(set(ids)), "a parameter belongs to two blocks"
     assert set(ids) == {id(p) for p in encoder.parameters()}, "a parameter belongs to no block"
-
-
-def offline_wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Offline W&B with every wandb directory under ``tmp_path``."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    for var, sub in [("WANDB_DIR", "wandb_default"), ("WANDB_CACHE_DIR", "wandb_cache"),
-                     ("WANDB_CONFIG_DIR", "wandb_config"), ("WANDB_DATA_DIR", "wandb_data")]:
-        monkeypatch.setenv(var, str(tmp_path / sub))

@@ -11,13 +11,10 @@ from ecg_core.tracking import (
 )
 from jobs.config import TrackingConfig
 
-from .method_utils import offline_wandb_env
-
 
 @pytest.fixture(autouse=True)
-def wandb_env(tmp_path, monkeypatch):
-    """Offline W&B with every wandb directory under tmp_path."""
-    offline_wandb_env(tmp_path, monkeypatch)
+def wandb_env(offline_wandb):
+    """Every test here runs with offline W&B (tests/conftest.py)."""
 
 
 def tracking_cfg(run_id="run0001", **kw):

@@ -13,8 +13,6 @@ from ecg_core.tracking import read_offline_run
 from jobs import aggregate
 from jobs.config import AggregateConfig, TrackingConfig
 
-from ..ecg_core.method_utils import offline_wandb_env
-
 METHODS = ("byol", "simclr")
 PROTOCOLS = ("finetune", "linear")
 FRACTIONS = (0.1, 1.0)
@@ -26,9 +24,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(autouse=True)
-def wandb_env(tmp_path, monkeypatch):
-    """Offline W&B with every wandb directory under tmp_path."""
-    offline_wandb_env(tmp_path, monkeypatch)
+def wandb_env(offline_wandb):
+    """Every test here runs with offline W&B (tests/conftest.py)."""
 
 
 def auroc(method, protocol, fraction, seed):
